@@ -115,7 +115,7 @@ def test_datamodule_end_to_end_on_synthetic_spare_data(synth_file, tmp_path):
 
 
 def test_datamodule_reports_too_long_records_and_keeps_the_sum(synth_file):
-    dm = SpareDataModule(train=str(synth_file), tokenizer="tiny", max_length=40, val_fraction=0.0)
+    dm = SpareDataModule(train=str(synth_file), tokenizer="tiny", max_length=75, val_fraction=0.0)
     dm.setup("fit")
     rep = dm.report
     assert rep.read == 240 and rep.kept + len(rep.rejected) == rep.read
