@@ -148,8 +148,25 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _prepare_main(argv: list[str]) -> int:
+    # `--config` is jsonargparse's own option, so prepare (whose --config is a recipe) uses argparse
+    import argparse
+
+    doc = (prepare.__doc__ or "").split("\n\n")[0]
+    ap = argparse.ArgumentParser(prog="spare-train data prepare", description=doc)
+    ap.add_argument("--config", required=True, help="a recipe (its data section) or a YAML of data options")
+    ap.add_argument("--output", default="prepared", help="folder for the tokenised splits and report.json")
+    ap.add_argument("--show", type=int, default=3, help="how many rendered examples to print")
+    ap.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                    help="stop at the first bad record (overrides the config)")
+    args = ap.parse_args(argv)
+    return prepare(args.config, args.output, args.show, args.strict)
+
+
 def main(argv: list[str]) -> int:
     try:
+        if argv[:1] == ["prepare"]:
+            return _prepare_main(argv[1:])
         return CLI(
             {"convert": convert, "prepare": prepare, "synth": synth},
             args=normalize_argv(argv), as_positional=False, prog="spare-train data",
