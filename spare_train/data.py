@@ -45,31 +45,71 @@ def split_by_group(records: Sequence[StepRecord], val_fraction: float, seed: int
 
 
 class StepCollator:
-    """Right-pads a list of tokenised examples into the batch of docs/architecture.md."""
+    """Right-pads tokenised examples into the batch of docs/architecture.md.
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
+    With ``pack_length``, examples are packed first-fit, in order, into rows of at most that many
+    tokens (less padding for short examples). The batch then also carries ``position_ids``
+    (restarting per example), ``segment_ids`` (1, 2, … per example in a row, 0 padding) and
+    ``label_rows`` (the row of each example); ``label_positions`` are offsets within that row.
+    Models turn ``segment_ids`` into a block-diagonal causal mask with
+    :func:`packed_attention_mask`, so packed examples never attend to each other.
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, pack_length: int | None = None):
         self.pad_id = pad_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack_length = pack_length
+
+    def _rows(self, examples: list[dict[str, Any]]) -> list[list[int]]:
+        if not self.pack_length:
+            return [[i] for i in range(len(examples))]
+        rows: list[list[int]] = []
+        used: list[int] = []
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            if n > self.pack_length:
+                raise ValueError(f"example {e['id']} has {n} tokens > pack_length={self.pack_length}")
+            for r, u in enumerate(used):
+                if u + n <= self.pack_length:
+                    rows[r].append(i)
+                    used[r] += n
+                    break
+            else:
+                rows.append([i])
+                used.append(n)
+        return rows
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         n = len(examples)
-        length = max(len(e["input_ids"]) for e in examples)
+        rows = self._rows(examples)
+        length = max(sum(len(examples[i]["input_ids"]) for i in row) for row in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         steps = max(len(e["label_positions"]) for e in examples)
-        input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, length), dtype=torch.long)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        segment_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        label_rows = torch.zeros(n, dtype=torch.long)
         positions = torch.zeros((n, steps), dtype=torch.long)
         labels = torch.full((n, steps), IGNORE, dtype=torch.float32)
         step_mask = torch.zeros((n, steps), dtype=torch.bool)
-        for i, e in enumerate(examples):
-            ids, pos = e["input_ids"], e["label_positions"]
-            input_ids[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-            attention_mask[i, : len(ids)] = 1
-            positions[i, : len(pos)] = torch.as_tensor(pos, dtype=torch.long)
-            labels[i, : len(pos)] = torch.as_tensor(e["step_labels"], dtype=torch.float32)
-            step_mask[i, : len(pos)] = True
-        return {
+        for r, row in enumerate(rows):
+            start = 0
+            for seg, i in enumerate(row, start=1):
+                e = examples[i]
+                ids, pos = e["input_ids"], e["label_positions"]
+                end = start + len(ids)
+                input_ids[r, start:end] = torch.as_tensor(ids, dtype=torch.long)
+                attention_mask[r, start:end] = 1
+                position_ids[r, start:end] = torch.arange(len(ids))
+                segment_ids[r, start:end] = seg
+                label_rows[i] = r
+                positions[i, : len(pos)] = torch.as_tensor(pos, dtype=torch.long) + start
+                labels[i, : len(pos)] = torch.as_tensor(e["step_labels"], dtype=torch.float32)
+                step_mask[i, : len(pos)] = True
+                start = end
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "label_positions": positions,
@@ -80,6 +120,27 @@ class StepCollator:
             "group_ids": [e["group_id"] for e in examples],
             "answers": [e["answer"] for e in examples],
         }
+        if self.pack_length:
+            batch |= {"position_ids": position_ids, "segment_ids": segment_ids, "label_rows": label_rows}
+        return batch
+
+
+def packed_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A 4D block-diagonal causal mask ``[R, 1, L, L]`` from ``segment_ids`` ``[R, L]``.
+
+    transformers uses a 4D mask as given: ``sdpa`` wants booleans (True = attend), ``eager`` an
+    additive float mask. Padding positions attend to themselves only (no all-masked row, no NaN).
+    ``flash_attention_2`` needs no mask: it reads packing from ``position_ids``.
+    """
+    seg = segment_ids
+    L_ = seg.shape[1]
+    causal = torch.ones(L_, L_, dtype=torch.bool, device=seg.device).tril()
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] > 0)
+    mask = (same & causal) | torch.eye(L_, dtype=torch.bool, device=seg.device)
+    mask = mask[:, None]
+    if attn_implementation == "eager":
+        return torch.zeros(mask.shape, dtype=dtype, device=seg.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
 
 
 class LengthGroupedSampler(DistributedSampler):
@@ -230,6 +291,8 @@ class SpareDataModule(L.LightningDataModule):
         val_fraction: share of questions held out when ``val`` is not given.
         seed: seed of the hold-out split and of the sampler.
         group_by_length: batch examples of similar length (less padding).
+        pack: pack each batch's examples into rows of ``max_length`` tokens (block-diagonal
+            attention, see :class:`StepCollator`); fewer, fuller rows for short examples.
         num_workers: DataLoader workers.
         cache_dir: where to cache tokenised datasets (none: in memory).
         strict: stop at the first bad record instead of rejecting and reporting it.
@@ -251,6 +314,7 @@ class SpareDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         group_by_length: bool = True,
+        pack: bool = False,
         num_workers: int = 0,
         cache_dir: str | None = None,
         strict: bool = False,
@@ -293,8 +357,8 @@ class SpareDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set `data.{split}` (or val_fraction for val)")
         ds = self.datasets[split]
-        collate = StepCollator(self.tokenizer.pad_token_id)
         hp = self.hparams
+        collate = StepCollator(self.tokenizer.pad_token_id, pack_length=hp.max_length if hp.pack else None)
         if train:
             world = self.trainer.world_size if self.trainer is not None else 1
             rank = self.trainer.global_rank if self.trainer is not None else 0

@@ -172,3 +172,41 @@ def test_datamodule_shards_across_two_ddp_processes_without_overlap(synth_file, 
     assert len(seen[0]) == len(seen[1]) == 120  # 240 records, 4 per batch, 30 batches per rank
     assert not set(seen[0]) & set(seen[1])
     assert len(set(seen[0]) | set(seen[1])) == 240
+
+
+def _ex(i: int, n: int, steps: int) -> dict:
+    return {"id": f"e{i}", "group_id": "g", "input_ids": list(range(100 + i * 10, 100 + i * 10 + n)),
+            "label_positions": list(range(n - steps, n)), "step_labels": [1.0] * steps, "outcome": 1.0,
+            "answer": ""}
+
+
+def test_packing_collator_packs_first_fit_and_offsets_positions():
+    exs = [_ex(0, 6, 2), _ex(1, 3, 1), _ex(2, 5, 1), _ex(3, 4, 2)]
+    b = StepCollator(pad_id=0, pack_length=10)(exs)
+    # rows: [e0 (6) + e1 (3)], [e2 (5) + e3 (4)]
+    assert b["input_ids"].shape == (2, 9) and b["label_rows"].tolist() == [0, 0, 1, 1]
+    assert b["segment_ids"].tolist() == [[1] * 6 + [2] * 3, [1] * 5 + [2] * 4]
+    assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2]
+    assert b["label_positions"].tolist() == [[4, 5], [8, 0], [4, 0], [7, 8]]
+    for i, e in enumerate(exs):
+        row = b["input_ids"][b["label_rows"][i]]
+        got = row[b["label_positions"][i][b["step_mask"][i]]].tolist()
+        assert got == [e["input_ids"][p] for p in e["label_positions"]]
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_rows_give_the_same_hidden_states_at_tags_as_unpadded_examples(impl):
+    from spare_train.assets import tiny_model
+    from spare_train.data import packed_attention_mask
+
+    model = tiny_model("llama").eval()
+    model.set_attn_implementation(impl)
+    exs = [_ex(0, 7, 3), _ex(1, 4, 2), _ex(2, 6, 1)]
+    b = StepCollator(pad_id=0, pack_length=12)(exs)
+    mask = packed_attention_mask(b["segment_ids"], impl, torch.float32)
+    with torch.no_grad():
+        h = model.model(b["input_ids"], attention_mask=mask, position_ids=b["position_ids"]).last_hidden_state
+        for i, e in enumerate(exs):
+            alone = model.model(torch.tensor([e["input_ids"]])).last_hidden_state[0, e["label_positions"]]
+            packed = h[b["label_rows"][i], b["label_positions"][i][: len(e["label_positions"])]]
+            torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
