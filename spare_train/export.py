@@ -1,0 +1,230 @@
+"""``spare-train export CKPT OUT [--merge]``: a Lightning checkpoint as a Hugging Face folder.
+
+What lands in ``OUT``:
+
+* the model, as ``model.safetensors`` (``--merge``: LoRA folded into full weights) or as a peft
+  adapter whose ``adapter_config.json`` names its base model;
+* the tokenizer, including a step-tag token that training added;
+* ``spare_prm.json``: head convention, label/tag token ids and the prompt format, read by
+  :func:`spare_train.scoring.load_prm`;
+* ``README.md``: a model card with a plain-transformers scoring snippet.
+
+Head A (``lm_tokens``) exports as the backbone's ``*ForCausalLM``; a linear head B as its
+``*ForTokenClassification`` (``score`` layer); an MLP head B as
+:class:`spare_train.modeling_prm.SparePRMForTokenClassification`. Frozen weights are reloaded
+unquantised from the base model, so a QLoRA run exports full-precision (``backbone.dtype``) weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CARD_NAME = "spare_prm.json"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded without unpickling arbitrary objects."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_causal_lm(model: Any, tokenizer: Any, out: str | Path, merge: bool) -> None:
+    """Save a (possibly peft-wrapped) causal LM and its tokenizer as a Hugging Face folder.
+
+    ``merge``: fold adapters (and trained new-token rows) into the weights; otherwise a peft model
+    is saved as an adapter (``adapter_config.json`` names the base; load it with
+    ``peft.AutoPeftModelForCausalLM``, which grows the embeddings to the saved tokenizer).
+    Always safetensors. Shared by PRM and policy exports.
+    """
+    from peft import PeftModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel) and merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> Any:
+    """Rebuild the ``PRMModule`` of a checkpoint with unquantised frozen weights, trained tensors loaded."""
+    from spare_train.prm import PRMModule, backbone_config
+
+    params = inspect.signature(PRMModule.__init__).parameters
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in params}
+    bb = backbone_config(hp.get("backbone"))
+    bb.quantization, bb.gradient_checkpointing = None, False
+    if dtype:
+        bb.dtype = dtype
+    hp["backbone"] = bb
+    module = PRMModule(**hp)
+    module.on_load_checkpoint(ckpt)
+    module.configure_model()
+    result = module.load_state_dict(ckpt["state_dict"], strict=bb.lora is None)
+    if result.unexpected_keys:
+        raise KeyError(f"checkpoint tensors the rebuilt model lacks: {result.unexpected_keys[:5]}")
+    return module.eval()
+
+
+def _classifier_model(module: Any) -> Any:
+    """Body + classifier as one ``*ForTokenClassification`` model (merged weights)."""
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    body = module.model.merge_and_unload() if isinstance(module.model, PeftModel) else module.model
+    labels = {"id2label": {0: "incorrect", 1: "correct"}, "label2id": {"incorrect": 0, "correct": 1}}
+    if module.hparams.classifier_type == "mlp":
+        from spare_train.modeling_prm import SparePRMConfig, SparePRMForTokenClassification
+
+        config = SparePRMConfig(backbone_config=body.config, num_labels=2, **labels)
+        model = SparePRMForTokenClassification(config)
+    else:
+        config = body.config.__class__.from_dict({**body.config.to_dict(), "num_labels": 2, **labels})
+        model = AutoModelForTokenClassification.from_config(config)
+    state = {f"{model.base_model_prefix}.{k}": v for k, v in body.state_dict().items()}
+    state.update(module.head.state_dict())
+    model.load_state_dict(state, strict=True)
+    return model.to(next(body.parameters()).dtype)
+
+
+def prm_info(module: Any, adapter: bool) -> dict[str, Any]:
+    """The ``spare_prm.json`` contents: everything scoring needs besides the weights."""
+    from spare_train.heads import label_token_ids
+
+    hp, tok, fmt = module.hparams, module.tokenizer, module.format_config
+    info: dict[str, Any] = {
+        "head": hp.head,
+        "classifier_type": hp.classifier_type if hp.head == "classifier" else None,
+        "score": "softmax over (incorrect, correct) logits at each step-tag token; score = P(correct)",
+        "format": asdict(fmt),
+        "tag_id": tok.encode(fmt.step_tag, add_special_tokens=False)[0],
+        "adapter": adapter,
+        "base_model": module.backbone_cfg.name_or_path,
+    }
+    if hp.head == "lm_tokens":
+        info["label_tokens"] = list(hp.label_tokens)
+        info["label_token_ids"] = list(label_token_ids(tok, tuple(hp.label_tokens)))
+    return info
+
+
+def export_module(module: Any, out: str | Path, merge: bool = True) -> Path:
+    """Write ``module`` (a configured ``PRMModule``) to ``out``; see the module docstring."""
+    from peft import PeftModel
+
+    out = Path(out)
+    adapter = isinstance(module.model, PeftModel) and not merge
+    if module.hparams.head == "lm_tokens":
+        save_causal_lm(module.model, module.tokenizer, out, merge)
+    else:
+        if adapter:
+            raise ValueError("classifier heads export merged only: pass --merge")
+        save_causal_lm(_classifier_model(module), module.tokenizer, out, merge=True)
+    info = prm_info(module, adapter)
+    (out / CARD_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    (out / "README.md").write_text(model_card(info))
+    return out
+
+
+def _snippet(info: dict[str, Any]) -> str:
+    special = info["format"]["template"] == "plain"  # chat templates write their own BOS
+    tok_line = f'ids = tok(text, return_tensors="pt", add_special_tokens={special}).input_ids  # text: see "Input format"'
+    tag = info["tag_id"]
+    if info["head"] == "lm_tokens":
+        neg, pos = info["label_token_ids"]
+        if info["adapter"]:
+            imports = "from peft import AutoPeftModelForCausalLM as Model; from transformers import AutoTokenizer"
+        else:
+            imports = "from transformers import AutoModelForCausalLM as Model, AutoTokenizer"
+        probs = f"probs = model(ids).logits[0][:, [{neg}, {pos}]].softmax(-1)[:, 1]  # P(correct) at every token"
+    else:
+        imports = "from transformers import AutoModelForTokenClassification as Model, AutoTokenizer"
+        if info["classifier_type"] == "mlp":
+            imports += "; import spare_train.modeling_prm  # registers SparePRMForTokenClassification"
+        probs = "probs = model(ids).logits[0].softmax(-1)[:, 1]  # P(correct) at every token"
+    return "\n".join(
+        [
+            imports,
+            'tok, model = AutoTokenizer.from_pretrained(PATH), Model.from_pretrained(PATH).eval()',
+            tok_line,
+            probs,
+            f"step_scores = probs[ids[0] == {tag}].tolist()  # one score per step, in order",
+        ]
+    )
+
+
+def _format_text(info: dict[str, Any]) -> str:
+    fmt = info["format"]
+    steps = f'steps_text = "".join(step + {fmt["step_tag"]!r} + {fmt["step_separator"]!r} for step in steps)'
+    if fmt["template"] == "chat":
+        build = (
+            'messages = ([{"role": "system", "content": instruction}] if instruction else []) + [\n'
+            '    {"role": "user", "content": question}, {"role": "assistant", "content": steps_text}]\n'
+            "text = tok.apply_chat_template(messages, tokenize=False)"
+        )
+    else:
+        build = 'text = "\\n\\n".join(x for x in (instruction, question) if x) + "\\n" + steps_text'
+    return f"{steps}\n{build}"
+
+
+def model_card(info: dict[str, Any]) -> str:
+    """README.md of an exported PRM."""
+    fmt = info["format"]
+    head = (
+        f"LM-token head: the causal LM's logits of {info['label_tokens'][0]!r} (incorrect) and "
+        f"{info['label_tokens'][1]!r} (correct) at each tag token (ids {info['label_token_ids']})"
+        if info["head"] == "lm_tokens"
+        else f"{info['classifier_type']} token-classification head (labels 0 = incorrect, 1 = correct) at each tag token"
+    )
+    kind = "a PEFT adapter on `" + info["base_model"] + "`" if info["adapter"] else "full (merged) weights"
+    return f"""---
+library_name: {"peft" if info["adapter"] else "transformers"}
+tags: [process-reward-model, prm, spare-train]
+---
+# Process reward model (spare-train)
+
+Scores each step of a step-by-step solution with P(step is correct). Weights: {kind}.
+
+* **Head:** {head}; a step's score is the softmax probability of *correct* over the two logits.
+* **Step tag:** `{fmt["step_tag"]!r}` (token id {info["tag_id"]}), written after every step, followed by `{fmt["step_separator"]!r}`.
+* **Prompt format:** `{fmt["template"]}` (max {fmt["max_length"]} tokens; whole trailing steps beyond it were dropped in training).
+
+## Input format
+
+```python
+{_format_text(info)}
+```
+
+Text after the last tag does not change any score (the model is causal).
+
+## Scoring with plain transformers
+
+```python
+{_snippet(info)}
+```
+
+With spare-train installed: `spare_train.load_prm(PATH).score(records)` or
+`spare-train score --model PATH --input FILE --output scores.jsonl`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="spare-train export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a PRMModule")
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--merge", action="store_true", help="fold LoRA into the weights (else save an adapter)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: training's)")
+    args = parser.parse_args(argv)
+    module = module_from_checkpoint(load_checkpoint(args.ckpt), args.dtype)
+    out = export_module(module, args.out, merge=args.merge or module.backbone_cfg.lora is None)
+    print(f"exported to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

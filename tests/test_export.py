@@ -1,0 +1,135 @@
+"""Export -> from_pretrained -> the same step scores as the trained Lightning module.
+
+Covers head A (merged and adapter, loaded as AutoModelForCausalLM / AutoPeftModelForCausalLM),
+linear head B (AutoModelForTokenClassification) and the MLP head B (SparePRMForTokenClassification),
+the model card's plain-transformers snippet, and a QLoRA checkpoint exported unquantised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import lightning as L
+import pytest
+import torch
+from test_backbone import tiny_folder
+from test_prm import loader, records, trainer
+
+from spare_train.backbone import BackboneConfig, LoraSettings
+from spare_train.export import load_checkpoint, main, module_from_checkpoint
+from spare_train.prm import PRMModule
+from spare_train.scoring import PRM, load_prm
+from spare_train.tokenize import render_text
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_folder(tmp_path_factory.mktemp("tiny"))
+
+
+def train_and_save(path, **module_kw) -> PRMModule:
+    L.seed_everything(0)
+    module = PRMModule(lr=1e-2, scheduler="constant", **module_kw)
+    t = trainer(max_steps=3)
+    t.fit(module, loader(module, n=4))
+    t.save_checkpoint(path)
+    return module
+
+
+def module_scores(module: PRMModule) -> list[list[float]]:
+    tag = module.tokenizer.encode(module.format_config.step_tag, add_special_tokens=False)[0]
+    return PRM(module.model, module.head, module.tokenizer, module.format_config, tag).score(records(4))
+
+
+def assert_close(a, b, tol=1e-5):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y, abs=tol)
+
+
+@pytest.fixture(scope="module")
+def lora_run(folder, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "lora.ckpt"
+    bb = BackboneConfig(name_or_path=folder, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    module = train_and_save(path, backbone=bb)
+    return path, module, module_scores(module)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merge", [True, False])
+def test_head_a_export_matches_module(lora_run, tmp_path, merge):
+    from transformers import AutoModelForCausalLM
+
+    ckpt, module, want = lora_run
+    main([str(ckpt), str(tmp_path), *(["--merge"] if merge else [])])
+    info = json.loads((tmp_path / "spare_prm.json").read_text())
+    assert info["adapter"] is not merge and info["label_tokens"] == ["-", "+"]
+    assert (tmp_path / ("model.safetensors" if merge else "adapter_model.safetensors")).exists()
+    if merge:
+        assert type(AutoModelForCausalLM.from_pretrained(tmp_path)).__name__ == "LlamaForCausalLM"
+    else:
+        assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    prm = load_prm(tmp_path)
+    assert len(prm.tokenizer) == len(module.tokenizer)
+    assert_close(prm.score(records(4)), want)
+
+
+@pytest.mark.slow
+def test_model_card_snippet_runs_with_plain_transformers(lora_run, tmp_path):
+    ckpt, module, want = lora_run
+    main([str(ckpt), str(tmp_path), "--merge"])
+    card = (tmp_path / "README.md").read_text()
+    snippet = re.search(r"## Scoring with plain transformers\n\n```python\n(.*?)```", card, re.S).group(1)
+    assert len(snippet.strip().splitlines()) <= 5 and "spare_train" not in snippet
+    rec = records(4)[0]
+    text = render_text(rec, module.tokenizer, module.format_config)
+    scope = {"PATH": str(tmp_path), "text": text}
+    exec(snippet, scope)
+    assert_close(scope["step_scores"], want[0])
+    # the card's own input-format recipe renders the same scores
+    fmt = re.search(r"## Input format\n\n```python\n(.*?)```", card, re.S).group(1)
+    scope2 = {"tok": scope["tok"], "steps": rec.steps, "question": rec.prompt.question,
+              "instruction": rec.prompt.instruction}  # fmt: skip
+    exec(fmt, scope2)
+    scope3 = {"PATH": str(tmp_path), "text": scope2["text"]}
+    exec(snippet, scope3)
+    assert_close(scope3["step_scores"], want[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,cls", [("linear", "LlamaForTokenClassification"), ("mlp", "SparePRMForTokenClassification")])
+def test_head_b_export_loads_as_token_classifier(folder, tmp_path, kind, cls):
+    from transformers import AutoModelForTokenClassification
+
+    bb = BackboneConfig(name_or_path=folder, lora=LoraSettings(r=4, alpha=8, dropout=0.0) if kind == "mlp" else None)
+    module = train_and_save(tmp_path / "b.ckpt", backbone=bb, head="classifier", classifier_type=kind)
+    want = module_scores(module)
+    out = tmp_path / "out"
+    main([str(tmp_path / "b.ckpt"), str(out), "--merge"])
+    if kind == "mlp":
+        import spare_train.modeling_prm  # noqa: F401
+    model = AutoModelForTokenClassification.from_pretrained(out)
+    assert type(model).__name__ == cls
+    assert_close(load_prm(out).score(records(4)), want)
+    # the plain forward pass agrees too (softmax of per-token logits at the tags)
+    prm = load_prm(out)
+    rec = records(4)[1]
+    ids = prm.tokenizer(render_text(rec, prm.tokenizer, prm.format_config), return_tensors="pt",
+                        add_special_tokens=False).input_ids  # fmt: skip
+    with torch.no_grad():
+        probs = model(ids).logits[0].softmax(-1)[:, 1]
+    assert_close(probs[ids[0] == prm.tag_id].tolist(), want[1])
+
+
+@pytest.mark.slow
+def test_qlora_checkpoint_exports_unquantised(folder, tmp_path):
+    bb = BackboneConfig(name_or_path=folder, quantization="nf4", lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    train_and_save(tmp_path / "q.ckpt", backbone=bb)
+    module = module_from_checkpoint(load_checkpoint(tmp_path / "q.ckpt"))
+    assert module.backbone_cfg.quantization is None
+    main([str(tmp_path / "q.ckpt"), str(tmp_path / "out"), "--merge"])
+    scores = load_prm(tmp_path / "out").score(records(4))
+    assert all(0.0 < s < 1.0 for row in scores for s in row if not math.isnan(s))
+    assert_close(scores[0], module_scores(module)[0])

@@ -1,0 +1,80 @@
+"""load_prm / PRM.score / `spare-train score`: order, truncation, aggregation, safetensors only."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_backbone import tiny_folder
+from test_prm import records
+
+from spare_train.backbone import BackboneConfig
+from spare_train.cli import main as cli
+from spare_train.export import export_module
+from spare_train.prm import PRMModule
+from spare_train.scoring import load_prm
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tiny_folder(tmp_path_factory.mktemp("tiny"))
+    module = PRMModule(backbone=BackboneConfig(name_or_path=base))
+    module.format_config.max_length = 60  # so the longest record loses trailing steps
+    module.configure_model()
+    return export_module(module, tmp_path_factory.mktemp("prm"))
+
+
+def stepwise_file(path, recs):
+    with open(path, "w") as f:
+        for r in recs:
+            row = {"id": r.id, "prompt": r.prompt.question, "completions": r.steps, "labels": r.labels}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_score_keeps_order_and_marks_truncated_steps(exported):
+    prm = load_prm(exported)
+    recs = records(4)
+    scores = prm.score(recs, batch_size=3)
+    assert [len(s) for s in scores] == [len(r.steps) for r in recs]
+    truncated = [s for s in scores if any(math.isnan(x) for x in s)]
+    assert truncated, "max_length=60 should cut a step somewhere"
+    for row in truncated:  # whole trailing steps are dropped, never a middle one
+        first_nan = next(i for i, x in enumerate(row) if math.isnan(x))
+        assert all(math.isnan(x) for x in row[first_nan:])
+    # batch size and order do not change scores
+    again = prm.score(list(reversed(recs)), batch_size=1)[::-1]
+    for a, b in zip(scores, again):
+        assert [x for x in a if not math.isnan(x)] == pytest.approx([x for x in b if not math.isnan(x)], abs=1e-5)
+    r = recs[0]
+    assert prm.score_text(r.prompt.question, r.steps, r.prompt.instruction) == pytest.approx(scores[0], abs=1e-5, nan_ok=True)
+
+
+@pytest.mark.parametrize("how", ["min", "prod", "last", "mean"])
+def test_score_command_writes_jsonl_in_input_order(exported, tmp_path, how):
+    recs = records(4)
+    src = stepwise_file(tmp_path / "in.jsonl", recs)
+    out = tmp_path / "scores.jsonl"
+    assert cli(["score", "--model", str(exported), "--input", str(src), "--format", "stepwise",
+                "--output", str(out), "--aggregate", how]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r.id for r in recs]
+    for row in rows:
+        kept = [x for x in row["step_scores"] if x is not None]
+        want = {"min": min(kept), "prod": math.prod(kept), "last": kept[-1], "mean": sum(kept) / len(kept)}[how]
+        assert row["score"] == pytest.approx(want)
+
+
+def test_pickled_weights_are_refused(exported, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(exported, tmp_path / "p")
+    state = load_file(tmp_path / "p" / "model.safetensors")
+    (tmp_path / "p" / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "p" / "pytorch_model.bin")  # a pickle: never loaded
+    with pytest.raises(OSError):
+        load_prm(tmp_path / "p")
