@@ -13,11 +13,18 @@ Head A (``lm_tokens``) exports as the backbone's ``*ForCausalLM``; a linear head
 ``*ForTokenClassification`` (``score`` layer); an MLP head B as
 :class:`spare_train.modeling_prm.SparePRMForTokenClassification`. Frozen weights are reloaded
 unquantised from the base model, so a QLoRA run exports full-precision (``backbone.dtype``) weights.
+
+A head-B adapter is a ``TOKEN_CLS`` peft adapter on that token-classification class: LoRA, the
+trained ``score`` layer in ``modules_to_save`` and the new-token embedding rows, plus a
+``config.json`` of the classifier (the base's config with ``num_labels=2``, or a ``spare_prm``
+config wrapping it) so that ``AutoModelForTokenClassification.from_pretrained(base,
+config=AutoConfig.from_pretrained(OUT))`` builds the right class before the adapter is applied.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 from dataclasses import asdict
@@ -72,25 +79,70 @@ def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> An
     return module.eval()
 
 
+def classifier_config(body_config: Any, classifier_type: str) -> Any:
+    """The token-classification config of a head-B PRM on a body with ``body_config``."""
+    labels = {"id2label": {0: "incorrect", 1: "correct"}, "label2id": {"incorrect": 0, "correct": 1}}
+    if classifier_type == "mlp":
+        from spare_train.modeling_prm import SparePRMConfig
+
+        return SparePRMConfig(backbone_config=body_config, num_labels=2, **labels)
+    return body_config.__class__.from_dict({**body_config.to_dict(), "num_labels": 2, **labels})
+
+
 def _classifier_model(module: Any) -> Any:
     """Body + classifier as one ``*ForTokenClassification`` model (merged weights)."""
     from peft import PeftModel
     from transformers import AutoModelForTokenClassification
 
-    body = module.model.merge_and_unload() if isinstance(module.model, PeftModel) else module.model
-    labels = {"id2label": {0: "incorrect", 1: "correct"}, "label2id": {"incorrect": 0, "correct": 1}}
-    if module.hparams.classifier_type == "mlp":
-        from spare_train.modeling_prm import SparePRMConfig, SparePRMForTokenClassification
+    import spare_train.modeling_prm  # noqa: F401  (registers the MLP-head class)
 
-        config = SparePRMConfig(backbone_config=body.config, num_labels=2, **labels)
-        model = SparePRMForTokenClassification(config)
-    else:
-        config = body.config.__class__.from_dict({**body.config.to_dict(), "num_labels": 2, **labels})
-        model = AutoModelForTokenClassification.from_config(config)
+    body = module.model.merge_and_unload() if isinstance(module.model, PeftModel) else module.model
+    model = AutoModelForTokenClassification.from_config(classifier_config(body.config, module.hparams.classifier_type))
     state = {f"{model.base_model_prefix}.{k}": v for k, v in body.state_dict().items()}
     state.update(module.head.state_dict())
     model.load_state_dict(state, strict=True)
     return model.to(next(body.parameters()).dtype)
+
+
+def save_classifier_adapter(module: Any, out: str | Path) -> None:
+    """Save a LoRA-trained head-B ``PRMModule`` as a ``TOKEN_CLS`` peft adapter (see the module docstring).
+
+    Training wraps a headless body (``AutoModel``) and keeps the head apart, so the adapter is
+    rebuilt on the class users load: the base reloaded as a token classifier, the embeddings grown
+    to the tokenizer (as ``AutoPeftModel*`` does), the same LoRA settings with ``task_type=TOKEN_CLS``
+    (which puts ``score`` in ``modules_to_save``), then every trained tensor copied in by name.
+    """
+    from peft import TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    import spare_train.modeling_prm  # noqa: F401  (registers the MLP-head class)
+    from spare_train.backbone import DTYPES, resolve_model_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, trained, tok = module.backbone_cfg, module.model, module.tokenizer
+    base = resolve_model_path(cfg.name_or_path)
+    config = classifier_config(AutoConfig.from_pretrained(base), module.hparams.classifier_type)
+    config.save_pretrained(out)  # the base's vocabulary size: written before the embeddings grow
+    model = AutoModelForTokenClassification.from_pretrained(
+        base, config=copy.deepcopy(config), **{"dtype": DTYPES[cfg.dtype], **cfg.extra}
+    )
+    if len(tok) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tok))
+    peft_config = copy.deepcopy(trained.peft_config[trained.active_adapter])
+    peft_config.task_type = TaskType.TOKEN_CLS
+    model = get_peft_model(model, peft_config)
+    root = "base_model.model."  # + the body's path: "" in training, "model." in the classifier
+    state = {
+        f"{root}{model.get_base_model().base_model_prefix}.{k[len(root):]}": v
+        for k, v in get_peft_model_state_dict(trained).items()
+    }
+    state.update({f"{root}score.{k}": v for k, v in module.head.score.state_dict().items()})
+    result = set_peft_model_state_dict(model, state)
+    if result.unexpected_keys:
+        raise KeyError(f"adapter tensors the token classifier lacks: {result.unexpected_keys[:5]}")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
 
 
 def prm_info(module: Any, adapter: bool) -> dict[str, Any]:
@@ -121,9 +173,9 @@ def export_module(module: Any, out: str | Path, merge: bool = True) -> Path:
     adapter = isinstance(module.model, PeftModel) and not merge
     if module.hparams.head == "lm_tokens":
         save_causal_lm(module.model, module.tokenizer, out, merge)
+    elif adapter:
+        save_classifier_adapter(module, out)
     else:
-        if adapter:
-            raise ValueError("classifier heads export merged only: pass --merge")
         save_causal_lm(_classifier_model(module), module.tokenizer, out, merge=True)
     info = prm_info(module, adapter)
     (out / CARD_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
@@ -143,19 +195,42 @@ def _snippet(info: dict[str, Any]) -> str:
             imports = "from transformers import AutoModelForCausalLM as Model, AutoTokenizer"
         probs = f"probs = model(ids).logits[0][:, [{neg}, {pos}]].softmax(-1)[:, 1]  # P(correct) at every token"
     else:
-        imports = "from transformers import AutoModelForTokenClassification as Model, AutoTokenizer"
+        probs = "probs = model(ids).logits[0].softmax(-1)[:, 1]  # P(correct) at every token"
+        if info["adapter"] and info["classifier_type"] == "mlp":  # no Auto class builds the MLP head from the base
+            return "\n".join([*_mlp_adapter_lines(info), tok_line, probs, _steps_line(tag)])
+        if info["adapter"]:
+            imports = "from peft import AutoPeftModelForTokenClassification as Model; from transformers import AutoTokenizer"
+        else:
+            imports = "from transformers import AutoModelForTokenClassification as Model, AutoTokenizer"
         if info["classifier_type"] == "mlp":
             imports += "; import spare_train.modeling_prm  # registers SparePRMForTokenClassification"
-        probs = "probs = model(ids).logits[0].softmax(-1)[:, 1]  # P(correct) at every token"
     return "\n".join(
         [
             imports,
             'tok, model = AutoTokenizer.from_pretrained(PATH), Model.from_pretrained(PATH).eval()',
             tok_line,
             probs,
-            f"step_scores = probs[ids[0] == {tag}].tolist()  # one score per step, in order",
+            _steps_line(tag),
         ]
     )
+
+
+def _steps_line(tag: int) -> str:
+    return f"step_scores = probs[ids[0] == {tag}].tolist()  # one score per step, in order"
+
+
+def _mlp_adapter_lines(info: dict[str, Any]) -> list[str]:
+    """Load an MLP-head adapter: the base as ``SparePRMForTokenClassification`` (config from PATH), then peft."""
+    from spare_train.backbone import resolve_model_path
+
+    base = resolve_model_path(info["base_model"])
+    return [
+        "from peft import PeftModel; import spare_train.modeling_prm  # registers SparePRMForTokenClassification\n"
+        "from transformers import AutoConfig, AutoModelForTokenClassification as Model, AutoTokenizer",
+        f"tok, base = AutoTokenizer.from_pretrained(PATH), Model.from_pretrained({base!r}, config=AutoConfig.from_pretrained(PATH))",
+        "base.resize_token_embeddings(max(len(tok), base.get_input_embeddings().num_embeddings))  # rows for an added tag",
+        "model = PeftModel.from_pretrained(base, PATH).eval()",
+    ]
 
 
 def _format_text(info: dict[str, Any]) -> str:
@@ -182,9 +257,15 @@ def model_card(info: dict[str, Any]) -> str:
         else f"{info['classifier_type']} token-classification head (labels 0 = incorrect, 1 = correct) at each tag token"
     )
     kind = "a PEFT adapter on `" + info["base_model"] + "`" if info["adapter"] else "full (merged) weights"
+    if info["adapter"] and info["head"] == "classifier":
+        kind += (
+            " (LoRA, the trained `score` layer in `modules_to_save`, any new token rows; `config.json` is the"
+            " token classifier's config, which `AutoModelForTokenClassification.from_pretrained(base, config=…)` takes)"
+        )
+    meta = f"base_model: {info['base_model']}\n" if info["adapter"] else ""
     return f"""---
 library_name: {"peft" if info["adapter"] else "transformers"}
-tags: [process-reward-model, prm, spare-train]
+{meta}tags: [process-reward-model, prm, spare-train]
 ---
 # Process reward model (spare-train)
 

@@ -71,6 +71,7 @@ def load_prm(path: str | Path, device: str | None = None, dtype: str | None = No
     """Load a folder written by ``spare-train export`` (merged weights or a peft adapter)."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+    from spare_train.backbone import unwrap
     from spare_train.export import CARD_NAME
     from spare_train.heads import ClassifierHead, LMTokenHead
     from spare_train.tokenize import FormatConfig
@@ -92,11 +93,32 @@ def load_prm(path: str | Path, device: str | None = None, dtype: str | None = No
     else:
         import spare_train.modeling_prm  # noqa: F401  (registers the MLP-head class)
 
-        model = AutoModelForTokenClassification.from_pretrained(path, **kwargs)
-        head = ClassifierHead.wrap(model.score)
+        if info["adapter"]:
+            model = _classifier_adapter(path, len(tokenizer), kwargs)
+        else:
+            model = AutoModelForTokenClassification.from_pretrained(path, **kwargs)
+        head = ClassifierHead.wrap(_active(unwrap(model).score))
     if device:
         model = model.to(device)
     return PRM(model, head, tokenizer, FormatConfig(**info["format"]), info["tag_id"])
+
+
+def _classifier_adapter(path: Path, vocab: int, kwargs: dict[str, Any]) -> Any:
+    """A head-B adapter: its base built as the saved token-classifier config, embeddings grown, then peft."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    base_path = PeftConfig.from_pretrained(path).base_model_name_or_path
+    base = AutoModelForTokenClassification.from_pretrained(base_path, config=AutoConfig.from_pretrained(path), **kwargs)
+    if vocab > base.get_input_embeddings().num_embeddings:  # only grow, as AutoPeftModel does
+        base.resize_token_embeddings(vocab)
+    return PeftModel.from_pretrained(base, path)
+
+
+def _active(module: nn.Module) -> nn.Module:
+    """The adapter's own copy inside a peft ``ModulesToSaveWrapper``, else ``module`` itself."""
+    copies = getattr(module, "modules_to_save", None)
+    return copies[module.active_adapters[0]] if copies is not None else module
 
 
 def _json_scores(scores: list[float]) -> list[float | None]:

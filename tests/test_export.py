@@ -2,6 +2,7 @@
 
 Covers head A (merged and adapter, loaded as AutoModelForCausalLM / AutoPeftModelForCausalLM),
 linear head B (AutoModelForTokenClassification) and the MLP head B (SparePRMForTokenClassification),
+both head-B kinds as TOKEN_CLS peft adapters (AutoPeftModelForTokenClassification / PeftModel),
 the model card's plain-transformers snippet, and a QLoRA checkpoint exported unquantised.
 """
 
@@ -121,6 +122,11 @@ def test_head_b_export_loads_as_token_classifier(folder, tmp_path, kind, cls):
     with torch.no_grad():
         probs = model(ids).logits[0].softmax(-1)[:, 1]
     assert_close(probs[ids[0] == prm.tag_id].tolist(), want[1])
+    if bb.lora is not None:  # the same LoRA checkpoint as an adapter (no --merge) scores the same
+        main([str(tmp_path / "b.ckpt"), str(tmp_path / "adapter")])
+        assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+        for got, w in zip(load_prm(tmp_path / "adapter").score(records(4)), want):
+            assert_close(got, w)
 
 
 @pytest.mark.slow
@@ -133,3 +139,52 @@ def test_qlora_checkpoint_exports_unquantised(folder, tmp_path):
     scores = load_prm(tmp_path / "out").score(records(4))
     assert all(0.0 < s < 1.0 for row in scores for s in row if not math.isnan(s))
     assert_close(scores[0], module_scores(module)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_head_b_adapter_loads_with_transformers_and_peft(folder, tmp_path, kind):
+    """Train-free: random non-zero LoRA, new-token rows and score, exported as a TOKEN_CLS adapter."""
+    from spare_train.export import export_module
+
+    module = PRMModule(backbone=BackboneConfig(name_or_path=folder, lora=LoraSettings(r=4, alpha=8, dropout=0.0)),
+                       head="classifier", classifier_type=kind)  # fmt: skip
+    module.configure_model()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.3)
+    want = module_scores(module.eval())
+    assert max(s for row in want for s in row) - min(s for row in want for s in row) > 0.1  # not a constant head
+
+    export_module(module, tmp_path, merge=False)
+    adapter = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == folder and adapter["task_type"] == "TOKEN_CLS"
+    assert "score" in adapter["modules_to_save"] and adapter["trainable_token_indices"]
+    assert not (tmp_path / "model.safetensors").exists()
+    info = json.loads((tmp_path / "spare_prm.json").read_text())
+    assert info["adapter"] and info["classifier_type"] == kind
+
+    # the model card's snippet: plain transformers + peft (+ the registered class for the MLP head)
+    card = (tmp_path / "README.md").read_text()
+    snippet = re.search(r"## Scoring with plain transformers\n\n```python\n(.*?)```", card, re.S).group(1)
+    load = snippet[: snippet.index("ids = ")].strip().splitlines()
+    assert len(load) <= 5 and ("AutoPeftModelForTokenClassification" if kind == "linear" else "PeftModel") in load[0]
+    scope = {"PATH": str(tmp_path), "text": render_text(records(4)[0], module.tokenizer, module.format_config)}
+    exec(snippet, scope)
+    tok, model = scope["tok"], scope["model"]
+    assert len(tok) == len(module.tokenizer) and type(model).__name__ == "PeftModelForTokenClassification"
+    assert type(model.get_base_model()).__name__ == {"linear": "LlamaForTokenClassification",
+                                                     "mlp": "SparePRMForTokenClassification"}[kind]  # fmt: skip
+    got = []
+    for rec in records(4):
+        ids = tok(render_text(rec, tok, module.format_config), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            probs = model(ids).logits[0].softmax(-1)[:, 1]
+        got.append(probs[ids[0] == info["tag_id"]].tolist())
+    assert got[0] == pytest.approx(scope["step_scores"], abs=1e-6)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+    for g, w in zip(load_prm(tmp_path).score(records(4)), want):
+        assert_close(g, w)
