@@ -42,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     data_demo(out)
     if args.data_only:
         return 0
-    try:
-        from spare_train.demo_prm import prm_demo
-    except ImportError:
-        return 0
+    from spare_train.demo_prm import prm_demo
+
     return prm_demo(out)
 
 

@@ -1,0 +1,177 @@
+"""Synthetic SPARE data: determinism, labels that agree with the arithmetic, the official format."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import json_repair
+import pytest
+
+from spare_train import synth
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP = re.compile(r"^(\d+) ([+*-]) (\d+) = (\d+)$")
+FINAL = re.compile(r"^The answer is (\d+)\.$")
+OPS = {"add": "+", "subtract": "-", "multiply by": "*"}
+APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def parse_question(row: dict) -> tuple[int, list[tuple[str, int]]]:
+    text = f"{row.get('context', '')} {row['question']}"
+    start = int(re.search(r"Start with (\d+)\.", text).group(1))
+    ops = [(OPS[m.group(1).lower()], int(m.group(2)))
+           for m in re.finditer(r"(add|subtract|multiply by) (\d+)", text, re.IGNORECASE)]
+    return start, ops
+
+
+def split_steps(text: str) -> tuple[str, list[str]]:
+    parts = re.split(r"\n*\[\d+\]\s*", text)
+    return parts[0], parts[1:]
+
+
+def judge(row: dict) -> tuple[list[str], str | None, int]:
+    """Re-grade a candidate from its text alone: labels, first error kind, final answer."""
+    start, ops = parse_question(row)
+    _, steps = split_steps(row["grade_ans"])
+    assert len(steps) == len(ops) + 1
+    value, labels, kind = start, [], None
+    for (op, k), step in zip(ops, steps):
+        a, s_op, b, r = STEP.match(step).groups()
+        a, b, r = int(a), int(b), int(r)
+        if kind is None:
+            if a != value:
+                kind = "copy"
+            elif (s_op, b) != (op, k):
+                kind = "misread"
+            elif r != APPLY[s_op](a, b):
+                kind = "calculation"
+        else:  # after the error every step is computed right from the wrong value
+            assert a == value and (s_op, b) == (op, k) and r == APPLY[op](a, b)
+        labels.append("CORRECT" if kind is None else "INCORRECT")
+        value = r
+    final = int(FINAL.match(steps[-1]).group(1))
+    if kind is None and final != value:
+        kind = "copy"
+    labels.append("CORRECT" if kind is None else "INCORRECT")
+    return labels, kind, final
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return synth.generate(150, seed=11, preamble_rate=0.2, malformed_rate=0.2, context_rate=0.2)
+
+
+def test_same_seed_same_bytes_different_seed_different(tmp_path):
+    a = synth.write_jsonl(synth.generate(30, seed=5), tmp_path / "a.jsonl")
+    b = synth.write_jsonl(synth.generate(30, seed=5), tmp_path / "b.jsonl")
+    c = synth.write_jsonl(synth.generate(30, seed=6), tmp_path / "c.jsonl")
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    assert len(a.read_text(encoding="utf-8").splitlines()) == 30 * 4
+
+
+def test_labels_agree_with_the_planted_error(rows):
+    for row in rows:
+        grading = json_repair.loads(row["grading"])
+        labels, kind, final = judge(row)
+        assert [g["student_step"] for g in grading] == list(range(1, len(labels) + 1))
+        assert [g["label"] for g in grading] == labels
+        first = labels.index("INCORRECT") if "INCORRECT" in labels else -1
+        for i, g in enumerate(grading):
+            assert g["reference_steps"] == [i + 1]
+            assert g["explanation"]
+            expected = None if first < 0 or i < first else kind if i == first else synth.PROPAGATED
+            assert g.get("error_type") == expected
+
+
+def test_em_and_extracted_follow_the_final_answer(rows):
+    for row in rows:
+        labels, _, final = judge(row)
+        _, ref = split_steps(row["reference_ans"])
+        ref_final = int(FINAL.match(ref[-1]).group(1))
+        assert row["em"] == int(final == ref_final) == int("INCORRECT" not in labels)
+        assert row["extracted"] == str(final)
+
+
+def test_reference_is_correct_and_numbers_stay_small(rows):
+    for row in rows:
+        start, ops = parse_question(row)
+        _, ref = split_steps(row["reference_ans"])
+        value = start
+        for (op, k), step in zip(ops, ref):
+            value = APPLY[op](value, k)
+            assert step == f"{STEP.match(step).group(1)} {op} {k} = {value}"
+            assert 0 <= value <= 99
+        assert ref[-1] == f"The answer is {value}."
+        assert all(0 <= int(n) <= 999 for n in re.findall(r"\d+", row["grade_ans"]))
+
+
+def test_all_error_types_occur_and_about_half_the_candidates_are_wrong():
+    many = synth.generate(400, seed=3)
+    types = Counter(
+        g.get("error_type") for row in many for g in json_repair.loads(row["grading"])
+    )
+    assert {"calculation", "copy", "misread", synth.PROPAGATED} <= set(types)
+    wrong = sum(1 - row["em"] for row in many) / len(many)
+    assert 0.4 < wrong < 0.6
+
+
+def test_error_rate_and_type_options():
+    assert all(r["em"] == 1 for r in synth.generate(20, seed=1, error_rate=0.0))
+    only = synth.generate(40, seed=1, error_rate=1.0, error_types=("calculation",))
+    assert all(r["em"] == 0 for r in only)
+    kinds = {judge(r)[1] for r in only}
+    assert kinds <= {"calculation", "copy"}  # copy only for a wrong final "The answer is" step
+    with pytest.raises(ValueError):
+        synth.generate(1, seed=0, error_types=("nonsense",))
+
+
+def test_grading_is_a_json_string_some_slightly_malformed(rows):
+    broken = 0
+    for row in rows:
+        assert isinstance(row["grading"], str)
+        try:
+            parsed = json.loads(row["grading"])
+        except json.JSONDecodeError:
+            broken += 1
+            parsed = json_repair.loads(row["grading"])
+        assert isinstance(parsed, list) and all(isinstance(g, dict) for g in parsed)
+    assert 0 < broken < len(rows)
+
+
+def test_official_format_fields_markers_preamble_and_context(rows):
+    keys = {"question_id", "output_idx", "instruction", "question", "reference_ans", "grade_ans",
+            "grading", "em", "extracted"}
+    groups = Counter(r["question_id"] for r in rows)
+    assert set(groups.values()) == {4}
+    preambles = contexts = 0
+    for row in rows:
+        assert keys <= set(row) <= keys | {"context"}
+        assert row["instruction"] == synth.DEFAULT_INSTRUCTION
+        preamble, steps = split_steps(row["grade_ans"])
+        assert row["grade_ans"].startswith(preamble + "[1] ")
+        assert preamble in ("", synth.PREAMBLE)
+        preambles += bool(preamble)
+        if "context" in row:
+            contexts += 1
+            assert row["context"].startswith("Start with") and "Start" not in row["question"]
+        assert split_steps(row["reference_ans"])[0] == ""
+    assert preambles and contexts
+
+
+def test_shipped_files_are_what_the_documented_command_makes(tmp_path):
+    readme = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
+    for name in ("train", "test"):
+        shipped = ROOT / "data" / "synth" / f"{name}.jsonl"
+        cmd = re.search(
+            rf"--num-questions (\d+) --seed (\d+) --output data/synth/{name}\.jsonl", readme
+        )
+        assert cmd, f"data/README.md lacks the command for {name}.jsonl"
+        n, seed = int(cmd.group(1)), int(cmd.group(2))
+        made = synth.write_jsonl(synth.generate(n, seed), tmp_path / f"{name}.jsonl")
+        assert made.read_bytes() == shipped.read_bytes()
+    total = sum(p.stat().st_size for p in (ROOT / "data" / "synth").glob("*.jsonl"))
+    assert total < 6.5e6
