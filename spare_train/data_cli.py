@@ -105,6 +105,11 @@ def synth(
     error_rate: float = 0.5,
     malformed_rate: float = 0.02,
     preamble_rate: float = 0.05,
+    max_start: int = 20,
+    max_addend: int = 9,
+    max_multiplier: int = 3,
+    max_value: int = 99,
+    max_error_offset: int = 10,
 ) -> int:
     """Generate seeded arithmetic-chain problems with candidate solutions carrying planted step
     errors, in the SPARE annotator format (the bundled demo data).
@@ -119,12 +124,19 @@ def synth(
         error_rate: probability that a candidate carries one planted error.
         malformed_rate: fraction of slightly broken ``grading`` JSON strings (as in real data).
         preamble_rate: fraction of candidates with text before the first step marker.
+        max_start: the start number is drawn from 1..max_start.
+        max_addend: numbers added or subtracted are drawn from 1..max_addend.
+        max_multiplier: multipliers are drawn from 2..max_multiplier.
+        max_value: every value of the reference solution stays in 0..max_value.
+        max_error_offset: a wrong number differs from the right one by 1..max_error_offset.
     """
     from spare_train.synth import generate, write_jsonl
 
     rows = generate(
         num_questions, seed, candidates_per_question, min_ops=min_ops, max_ops=max_ops,
         error_rate=error_rate, malformed_rate=malformed_rate, preamble_rate=preamble_rate,
+        max_start=max_start, max_addend=max_addend, max_multiplier=max_multiplier, max_value=max_value,
+        max_error_offset=max_error_offset,
     )
     write_jsonl(rows, output)
     print(f"wrote {len(rows)} candidates of {num_questions} questions to {output}", file=sys.stderr)
