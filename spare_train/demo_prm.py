@@ -56,11 +56,10 @@ def prm_demo(out: Path, recipe: Path = RECIPE, extra_args: list[str] | None = No
     tau = evaluate_scores(val_records, val_scores)["first_error/tau"]
     test_scores = prm.score(test_records, batch_size=64)
     metrics = evaluate_scores(test_records, test_scores, tau=tau)
-    metrics["train_minutes"] = train_s / 60
     with (out / "scores.jsonl").open("w") as f:
         for r, s in zip(test_records, test_scores, strict=True):
             f.write(json.dumps({"id": r.id, "step_scores": s, "score": min(s)}) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps({**metrics, "train_minutes": train_s / 60}, indent=2))
 
     console.rule(f"held-out evaluation: {len(test_records)} candidates of {int(metrics['bon/num_questions'])} "
                  f"questions ({TEST.relative_to(ROOT)})")
