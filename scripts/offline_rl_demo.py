@@ -1,7 +1,8 @@
 """Offline RL from step annotations, end to end on CPU in a few minutes.
 
-1. SFT a tiny random policy (``tiny-llama``) on the reference solutions of the synthetic SPARE
-   training questions (arithmetic chains).
+1. SFT a tiny random policy (``tiny-llama``) on the reference solutions of the bundled synthetic
+   SPARE training questions (``data/synth/train.jsonl``: single-digit arithmetic chains; held out:
+   ``data/synth/test.jsonl``; ``--train`` / ``--test`` take other SPARE files).
 2. Train it further with a preference objective (default DPO; ``--objective orpo`` etc.) on SPARE
    pairs (strict Pareto on outcome and mean step label, reference as chosen), the SFT model as the
    reference, its log-probs precomputed once.
@@ -10,6 +11,7 @@
    parsed from the generated text and compared with the reference answer).
 
 Command: python scripts/offline_rl_demo.py [--objective dpo] [--sft-steps 300] [--pref-steps 150]
+[--train data/synth/train.jsonl] [--test data/synth/test.jsonl]
 """
 
 from __future__ import annotations
@@ -33,11 +35,17 @@ from spare_train.offline_rl_data import FilterConfig, OfflineRLDataModule, Pairi
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def data_files(out: Path) -> tuple[str, str]:
-    """The bundled synthetic data when present, else the same kind generated here."""
-    train, test = ROOT / "data" / "synth" / "train.jsonl", ROOT / "data" / "synth" / "test.jsonl"
-    if train.exists() and test.exists():
-        return str(train), str(test)
+BUNDLED_TRAIN, BUNDLED_TEST = ROOT / "data" / "synth" / "train.jsonl", ROOT / "data" / "synth" / "test.jsonl"
+
+
+def data_files(out: Path, train: str | None = None, test: str | None = None) -> tuple[str, str]:
+    """``train``/``test`` when given, else the bundled synthetic data, else (a checkout without
+    ``data/``) the same kind generated here."""
+    if train or test:
+        return str(train or BUNDLED_TRAIN), str(test or BUNDLED_TEST)
+    if BUNDLED_TRAIN.exists() and BUNDLED_TEST.exists():
+        return str(BUNDLED_TRAIN), str(BUNDLED_TEST)
+    print("bundled data/synth/*.jsonl not found: generating synthetic data instead")
     synth.write_jsonl(synth.generate(400, seed=1, candidates_per_question=6), out / "train.jsonl")
     synth.write_jsonl(synth.generate(60, seed=2, candidates_per_question=6), out / "test.jsonl")
     return str(out / "train.jsonl"), str(out / "test.jsonl")
@@ -97,11 +105,14 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--pref-lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train", help=f"SPARE training file (default: {BUNDLED_TRAIN.relative_to(ROOT)})")
+    ap.add_argument("--test", help=f"SPARE held-out file (default: {BUNDLED_TEST.relative_to(ROOT)})")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
     out = Path(tempfile.mkdtemp(prefix="offline_rl_demo_"))
-    train, test = data_files(out)
+    train, test = data_files(out, args.train, args.test)
+    print(f"data: train {train}, held out {test}")
     common = dict(val_files=test, read_options={"add_reference": True}, max_length=256, max_prompt_length=128)
 
     t0 = time.time()

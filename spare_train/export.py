@@ -19,6 +19,11 @@ trained ``score`` layer in ``modules_to_save`` and the new-token embedding rows,
 ``config.json`` of the classifier (the base's config with ``num_labels=2``, or a ``spare_prm``
 config wrapping it) so that ``AutoModelForTokenClassification.from_pretrained(base,
 config=AutoConfig.from_pretrained(OUT))`` builds the right class before the adapter is applied.
+
+An :class:`spare_train.offline_rl.OfflineRLModule` checkpoint (a trained policy, recognised by the
+``spare_offline_rl`` entry its ``on_save_checkpoint`` writes) exports as the policy's
+``*ForCausalLM`` (``--merge``) or a peft causal-LM adapter, plus its tokenizer, through
+:meth:`OfflineRLModule.export`; no ``spare_prm.json`` or PRM model card.
 """
 
 from __future__ import annotations
@@ -77,6 +82,42 @@ def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> An
     if result.unexpected_keys:
         raise KeyError(f"checkpoint tensors the rebuilt model lacks: {result.unexpected_keys[:5]}")
     return module.eval()
+
+
+def is_policy_checkpoint(ckpt: dict[str, Any]) -> bool:
+    """Whether ``ckpt`` holds an ``OfflineRLModule`` (a policy) rather than a ``PRMModule``."""
+    from spare_train.offline_rl import CHECKPOINT_MARKER
+
+    return CHECKPOINT_MARKER in ckpt or "objective" in ckpt.get("hyper_parameters", {})
+
+
+def policy_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> tuple[Any, Any]:
+    """Rebuild the ``OfflineRLModule`` of a checkpoint (unquantised, trained tensors loaded) and its tokenizer."""
+    from spare_train.backbone import trainable_names
+    from spare_train.offline_rl import CHECKPOINT_MARKER, OfflineRLModule
+    from spare_train.prm import backbone_config
+    from spare_train.tokenize import load_tokenizer
+
+    params = inspect.signature(OfflineRLModule.__init__).parameters
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in params}
+    bb = backbone_config(hp.get("backbone"))
+    bb.quantization, bb.gradient_checkpointing = None, False
+    if dtype:
+        bb.dtype = dtype
+    hp["backbone"] = bb
+    hp["reference"] = "precomputed"  # export needs no reference model: no frozen copy is built
+    module = OfflineRLModule(**hp)
+    module.configure_model()
+    result = module.load_state_dict(ckpt["state_dict"], strict=bb.lora is None)
+    if result.unexpected_keys:
+        raise KeyError(f"checkpoint tensors the rebuilt policy lacks: {result.unexpected_keys[:5]}")
+    missing = trainable_names(module) & set(result.missing_keys)
+    if missing:
+        raise KeyError(f"trained tensors the checkpoint lacks: {sorted(missing)[:5]}")
+    tok = load_tokenizer(ckpt.get(CHECKPOINT_MARKER, {}).get("tokenizer") or bb.name_or_path)
+    if tok.pad_token_id is None:  # as OfflineRLDataModule trains with it
+        tok.pad_token = tok.eos_token
+    return module.eval(), tok
 
 
 def classifier_config(body_config: Any, classifier_type: str) -> Any:
@@ -296,12 +337,18 @@ With spare-train installed: `spare_train.load_prm(PATH).score(records)` or
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spare-train export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a PRMModule")
+    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a PRMModule or an OfflineRLModule")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--merge", action="store_true", help="fold LoRA into the weights (else save an adapter)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: training's)")
     args = parser.parse_args(argv)
-    module = module_from_checkpoint(load_checkpoint(args.ckpt), args.dtype)
+    ckpt = load_checkpoint(args.ckpt)
+    if is_policy_checkpoint(ckpt):
+        policy, tok = policy_from_checkpoint(ckpt, args.dtype)
+        policy.export(args.out, tok, merge=args.merge or policy.backbone_cfg.lora is None)
+        print(f"exported policy to {args.out}")
+        return 0
+    module = module_from_checkpoint(ckpt, args.dtype)
     out = export_module(module, args.out, merge=args.merge or module.backbone_cfg.lora is None)
     print(f"exported to {out}")
     return 0

@@ -23,19 +23,21 @@ objective needs no reference).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import lightning as L
 import torch
 
 from spare_train import losses as F_
-from spare_train.backbone import BackboneConfig, load_backbone
+from spare_train.backbone import BackboneConfig, load_backbone, trainable_names
 
 Objective = Literal[
     "sft", "rft", "step_weighted_sft", "dpo", "ipo", "orpo", "kto", "step_dpo", "step_weighted_dpo"
 ]
+CHECKPOINT_MARKER = "spare_offline_rl"
 NEEDS_REFERENCE = {"dpo", "ipo", "kto", "step_dpo", "step_weighted_dpo"}
 PAIRED = {"dpo", "ipo", "orpo", "step_dpo", "step_weighted_dpo"}
 
@@ -101,9 +103,13 @@ class OfflineRLModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.backbone_cfg = backbone or BackboneConfig()
+        self.backbone_cfg = _backbone_config(backbone)
         self.objective = objective
-        self.weights = step_weights or StepWeights()
+        self.weights = StepWeights(**step_weights) if isinstance(step_weights, dict) else step_weights or StepWeights()
+        # plain dicts in checkpoints, so that ``torch.load(weights_only=True)`` reads them back
+        self.hparams["backbone"] = asdict(self.backbone_cfg)
+        self.hparams["step_weights"] = asdict(self.weights)
+        self.strict_loading = self.backbone_cfg.lora is None  # LoRA checkpoints keep trained tensors only
         self.policy: torch.nn.Module | None = None
         self._frozen: list[torch.nn.Module] = []  # the ``copy`` reference, hidden from state_dict
         self.reference_mode = reference
@@ -289,6 +295,22 @@ class OfflineRLModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the marker ``spare-train export`` recognises a policy checkpoint by, and its tokenizer
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        name = getattr(getattr(dm, "hparams", None), "tokenizer", None)
+        checkpoint[CHECKPOINT_MARKER] = {"tokenizer": name if isinstance(name, str) else self.backbone_cfg.name_or_path}
+        if self.backbone_cfg.lora is not None:  # as PRMModule: frozen (maybe quantised) weights reload from the base
+            keep = trainable_names(self)
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        # the data module's config dataclasses (pairing, filtering) as dicts, for weights_only loading
+        dhp = checkpoint.get("datamodule_hyper_parameters")
+        if dhp:
+            checkpoint["datamodule_hyper_parameters"] = {
+                k: asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v for k, v in dhp.items()
+            }
+
     # ------------------------------------------------------------------ export
     def export(self, out: str, tokenizer: Any, merge: bool = True) -> Any:
         """Write the policy as a Hugging Face folder (adapters merged when ``merge``; merging works
@@ -299,6 +321,12 @@ class OfflineRLModule(L.LightningModule):
 
         model = copy.deepcopy(self.policy) if merge and isinstance(self.policy, PeftModel) else self.policy
         return save_causal_lm(model, tokenizer, out, merge=merge)
+
+
+def _backbone_config(value: BackboneConfig | dict | None) -> BackboneConfig:
+    from spare_train.prm import backbone_config  # accepts the ``asdict`` form stored in checkpoints
+
+    return backbone_config(value)
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:

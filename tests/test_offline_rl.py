@@ -214,3 +214,47 @@ def test_precomputed_reference_needs_the_pre_pass(data_file):
         OfflineRLModule.from_model(tiny_model("llama"), objective="dpo").compute_loss(
             next(iter(datamodule(data_file, "filtered").val_dataloader()))
         )
+
+
+@pytest.mark.slow
+def test_cli_export_of_a_trained_policy_checkpoint(data_file, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from transformers import AutoModelForCausalLM
+
+    from spare_train.backbone import BackboneConfig, LoraSettings
+    from spare_train.export import main as export_main
+
+    dm = datamodule(data_file, "pairs")
+    module = OfflineRLModule(BackboneConfig("tiny-llama", lora=LoraSettings(r=4, alpha=8)), objective="orpo", lr=1e-2)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, callbacks=[ckpt_cb], enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 2 and ckpt_cb.last_model_path
+
+    out = tmp_path / "policy"
+    assert export_main([ckpt_cb.last_model_path, str(out), "--merge"]) == 0
+    assert not (out / "adapter_config.json").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    batch = next(iter(dm.val_dataloader()))
+    module.policy.eval()
+    with torch.no_grad():
+        before, after = module.token_logps(batch), module.token_logps(batch, reloaded)
+        with module.policy.disable_adapter():  # the 2 steps moved the policy off its base
+            base = module.token_logps(batch)
+    mask = batch["loss_mask"]
+    assert torch.allclose(before[mask], after[mask], atol=1e-4)
+    assert not torch.allclose(before[mask], base[mask], atol=1e-4)
+    prompt = torch.tensor([dm.datasets["val"][0]["prompt_ids"]])
+    gen = reloaded.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=dm.tokenizer.pad_token_id)
+    assert gen.shape[1] > prompt.shape[1]
+
+    from peft import AutoPeftModelForCausalLM
+
+    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "adapter")]) == 0  # no --merge: a peft adapter
+    adapter = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(before[mask], module.token_logps(batch, adapter)[mask], atol=1e-4)
