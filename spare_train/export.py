@@ -64,17 +64,27 @@ def save_causal_lm(model: Any, tokenizer: Any, out: str | Path, merge: bool) -> 
     tokenizer.save_pretrained(out)
 
 
-def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> Any:
-    """Rebuild the ``PRMModule`` of a checkpoint with unquantised frozen weights, trained tensors loaded."""
-    from spare_train.prm import PRMModule, backbone_config
+def _init_args(cls: type, ckpt: dict[str, Any], dtype: str | None) -> dict[str, Any]:
+    """``cls``'s init args from a checkpoint, its backbone rebuilt unquantised (export needs no
+    quantisation and no gradient checkpointing)."""
+    from spare_train.prm import backbone_config
 
-    params = inspect.signature(PRMModule.__init__).parameters
+    params = inspect.signature(cls.__init__).parameters
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in params}
     bb = backbone_config(hp.get("backbone"))
     bb.quantization, bb.gradient_checkpointing = None, False
     if dtype:
         bb.dtype = dtype
     hp["backbone"] = bb
+    return hp
+
+
+def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> Any:
+    """Rebuild the ``PRMModule`` of a checkpoint with unquantised frozen weights, trained tensors loaded."""
+    from spare_train.prm import PRMModule
+
+    hp = _init_args(PRMModule, ckpt, dtype)
+    bb = hp["backbone"]
     module = PRMModule(**hp)
     module.on_load_checkpoint(ckpt)
     module.configure_model()
@@ -95,16 +105,10 @@ def policy_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> tu
     """Rebuild the ``OfflineRLModule`` of a checkpoint (unquantised, trained tensors loaded) and its tokenizer."""
     from spare_train.backbone import trainable_names
     from spare_train.offline_rl import CHECKPOINT_MARKER, OfflineRLModule
-    from spare_train.prm import backbone_config
     from spare_train.tokenize import load_tokenizer
 
-    params = inspect.signature(OfflineRLModule.__init__).parameters
-    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in params}
-    bb = backbone_config(hp.get("backbone"))
-    bb.quantization, bb.gradient_checkpointing = None, False
-    if dtype:
-        bb.dtype = dtype
-    hp["backbone"] = bb
+    hp = _init_args(OfflineRLModule, ckpt, dtype)
+    bb = hp["backbone"]
     hp["reference"] = "precomputed"  # export needs no reference model: no frozen copy is built
     module = OfflineRLModule(**hp)
     module.configure_model()
