@@ -110,6 +110,9 @@ def synth(
     max_multiplier: int = 3,
     max_value: int = 99,
     max_error_offset: int = 10,
+    error_types: list[str] | None = None,
+    split: str = "all",
+    test_fraction: float = 0.1,
 ) -> int:
     """Generate seeded arithmetic-chain problems with candidate solutions carrying planted step
     errors, in the SPARE annotator format (the bundled demo data).
@@ -129,6 +132,11 @@ def synth(
         max_multiplier: multipliers are drawn from 2..max_multiplier.
         max_value: every value of the reference solution stays in 0..max_value.
         max_error_offset: a wrong number differs from the right one by 1..max_error_offset.
+        error_types: error kinds to plant (calculation, copy, misread); default all three.
+        split: ``all`` draws from every problem; ``train`` or ``test`` only from that side of a
+            fixed hash split of the question text, so a train and a test file never share a
+            question whatever their seeds.
+        test_fraction: share of all problems on the ``test`` side of that split.
     """
     from spare_train.synth import generate, write_jsonl
 
@@ -136,7 +144,8 @@ def synth(
         num_questions, seed, candidates_per_question, min_ops=min_ops, max_ops=max_ops,
         error_rate=error_rate, malformed_rate=malformed_rate, preamble_rate=preamble_rate,
         max_start=max_start, max_addend=max_addend, max_multiplier=max_multiplier, max_value=max_value,
-        max_error_offset=max_error_offset,
+        max_error_offset=max_error_offset, split=split, test_fraction=test_fraction,
+        **({"error_types": tuple(error_types)} if error_types else {}),
     )
     write_jsonl(rows, output)
     print(f"wrote {len(rows)} candidates of {num_questions} questions to {output}", file=sys.stderr)

@@ -121,6 +121,20 @@ def last_step_mask(step_mask: Tensor) -> Tensor:
     return out
 
 
+def up_to_first_error(labels: Tensor, threshold: float = 0.5) -> Tensor:
+    """True at each row's steps up to and including its first incorrect one. ``[B, S]`` bool.
+
+    Steps after a solution's first error are mostly consequences of it (a reference-guided
+    judge labels them INCORRECT although each may be locally right); leaving them out of the loss
+    is Qwen's first-error labelling. Ignored labels (``-100``/NaN) neither count nor end a row.
+    """
+    labels = labels.float()
+    valid = (labels != IGNORE) & ~labels.isnan()
+    wrong = valid & (labels < threshold)
+    errors_before = torch.cumsum(wrong.long(), dim=1) - wrong.long()
+    return valid & (errors_before == 0)
+
+
 def soft_cross_entropy(
     logits: Tensor,
     labels: Tensor,
@@ -128,6 +142,7 @@ def soft_cross_entropy(
     class_weights: tuple[float, float] | None = None,
     last_step_only: bool = False,
     step_mask: Tensor | None = None,
+    first_error_only: bool = False,
 ) -> Tensor:
     """Two-class cross-entropy with soft targets, averaged over labeled steps.
 
@@ -136,10 +151,14 @@ def soft_cross_entropy(
     ``class_weights`` ``(w_incorrect, w_correct)`` weight each target term; the mean is taken over
     the summed target weights, which for hard labels equals ``F.cross_entropy(weight=…)``.
     ``last_step_only``: only each row's last real step (per ``step_mask``, else per labels)
-    counts -- the outcome-style objective. Returns 0 (with a graph) when nothing is labeled.
+    counts -- the outcome-style objective. ``first_error_only``: only steps up to and including
+    each row's first incorrect one count (:func:`up_to_first_error`). Returns 0 (with a graph)
+    when nothing is labeled.
     """
     labels = labels.float()
     valid = (labels != IGNORE) & ~labels.isnan()
+    if first_error_only:
+        valid = valid & up_to_first_error(labels)
     if last_step_only:
         valid = valid & last_step_mask(step_mask if step_mask is not None else valid)
     y = torch.where(valid, labels, torch.zeros_like(labels)).clamp(0.0, 1.0)

@@ -51,6 +51,10 @@ class PRMModule(L.LightningModule):
         step_tag: the tag string; ``None`` takes the DataModule's, else ``" ки"``.
         class_weights: loss weights of (incorrect, correct) targets.
         last_step_only: train on each solution's last step only (an outcome-style baseline).
+        first_error_steps: for this many optimizer steps, steps after each solution's first
+            error are left out of the loss (a curriculum: a small model first learns to spot a
+            wrong step from the step itself, which the later, propagated INCORRECT labels would
+            otherwise drown); after them every labeled step counts. Validation always uses all.
         optimizer: ``adamw`` (torch) or bitsandbytes ``adamw_8bit`` / ``paged_adamw_8bit``.
         lr: peak learning rate.
         weight_decay: decoupled weight decay on matrices (not on biases, norms or 1-d tensors).
@@ -69,6 +73,7 @@ class PRMModule(L.LightningModule):
         step_tag: str | None = None,
         class_weights: tuple[float, float] | None = None,
         last_step_only: bool = False,
+        first_error_steps: int = 0,
         optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -151,7 +156,7 @@ class PRMModule(L.LightningModule):
         """Per-step logits ``[B, S, 2]`` (incorrect, correct)."""
         return step_logits(self.model, self.head, batch)
 
-    def loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    def loss(self, logits: Tensor, batch: dict[str, Tensor], first_error_only: bool = False) -> Tensor:
         hp = self.hparams
         return soft_cross_entropy(
             logits,
@@ -159,11 +164,13 @@ class PRMModule(L.LightningModule):
             class_weights=tuple(hp.class_weights) if hp.class_weights else None,
             last_step_only=hp.last_step_only,
             step_mask=batch.get("step_mask"),
+            first_error_only=first_error_only,
         )
 
     # ---- loops --------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.loss(self(batch), batch)
+        curriculum = self.global_step < self.hparams.get("first_error_steps", 0)
+        loss = self.loss(self(batch), batch, first_error_only=curriculum)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

@@ -29,6 +29,7 @@ Same arguments, same rows, same bytes: all randomness comes from one ``random.Ra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -121,6 +122,20 @@ def make_problem(
     return Problem(start, tuple(ops))
 
 
+SPLITS = ("all", "train", "test")
+
+
+def problem_split(problem: Problem, test_fraction: float) -> str:
+    """``"test"`` for a fixed ``test_fraction`` of all problems, else ``"train"``.
+
+    Decided by a hash of the question text, so a train file and a test file generated with any
+    seeds never share a question (small number ranges have few distinct problems, and random
+    draws would otherwise repeat training questions in the test file).
+    """
+    digest = hashlib.sha256(problem.question().encode("utf-8")).digest()
+    return "test" if int.from_bytes(digest[:8], "big") < test_fraction * 2**64 else "train"
+
+
 def reference_candidate(problem: Problem) -> Candidate:
     vals = problem.values()
     steps = [_step(vals[i], op, k, vals[i + 1]) for i, (op, k) in enumerate(problem.ops)]
@@ -139,15 +154,14 @@ def plant_error(
     *,
     error_types: tuple[str, ...] = ERROR_TYPES,
     max_error_offset: int = 10,
-    max_value: int = 99,
     max_multiplier: int = 3,
     max_addend: int = 9,
     attempts: int = 50,
 ) -> Candidate:
     """A candidate with exactly one planted error, or the reference if none could be placed.
 
-    Values after the error may exceed ``max_value`` (a wrong value times 3) but stay within
-    0..999, each a single token of the tiny tokenizer.
+    Values after the error may leave the reference's range (a wrong value times 3) but stay
+    within 0..999, each a single token of the tiny tokenizer.
     """
     n = len(problem.ops)
     correct = problem.values()
@@ -256,6 +270,8 @@ def generate(
     context_rate: float = 0.0,
     instruction: str = DEFAULT_INSTRUCTION,
     id_prefix: str = "synth",
+    split: str = "all",
+    test_fraction: float = 0.1,
 ) -> list[dict[str, Any]]:
     """Rows in the SPARE annotator format, ``num_questions * candidates_per_question`` of them.
 
@@ -279,12 +295,19 @@ def generate(
         context_rate: fraction of questions whose "Start with N." goes to a ``context`` field.
         instruction: the ``instruction`` field (the system message downstream).
         id_prefix: ``question_id`` is ``f"{id_prefix}-{seed}-{index:06d}"``.
+        split: ``all`` draws from every problem; ``train`` / ``test`` only from problems of that
+            side of a fixed hash split of the question text, so the two never overlap.
+        test_fraction: share of all problems on the ``test`` side of that split.
     """
     unknown = set(error_types) - set(ERROR_TYPES)
     if unknown or not error_types:
         raise ValueError(f"error_types must be a non-empty subset of {ERROR_TYPES}, got {error_types}")
     if not 1 <= min_ops <= max_ops:
         raise ValueError(f"need 1 <= min_ops <= max_ops, got {min_ops}, {max_ops}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split != "all" and not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = random.Random(seed)
     shape = dict(
         max_start=max_start, max_addend=max_addend, max_multiplier=max_multiplier, max_value=max_value
@@ -292,6 +315,12 @@ def generate(
     rows = []
     for q in range(num_questions):
         problem = make_problem(rng, min_ops=min_ops, max_ops=max_ops, **shape)
+        for _ in range(10_000):
+            if split == "all" or problem_split(problem, test_fraction) == split:
+                break
+            problem = make_problem(rng, min_ops=min_ops, max_ops=max_ops, **shape)
+        else:
+            raise ValueError(f"no {split} problem found: widen the number ranges or test_fraction")
         qid = f"{id_prefix}-{seed}-{q:06d}"
         split_context = rng.random() < context_rate
         base: dict[str, Any] = {"question_id": qid, "instruction": instruction}
@@ -306,7 +335,6 @@ def generate(
                     rng,
                     error_types=tuple(error_types),
                     max_error_offset=max_error_offset,
-                    max_value=max_value,
                     max_multiplier=max_multiplier,
                     max_addend=max_addend,
                 )

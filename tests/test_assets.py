@@ -138,6 +138,7 @@ def test_qwen3_tokenizer_path_points_at_tokenizer_files():
     assert (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not Path("/work/shared/data/gsm8k/model_solutions.jsonl").is_file(),
     reason="the GSM8K corpus the committed tokenizer was built from is absent",

@@ -16,6 +16,7 @@ from spare_train.heads import (
     soft_cross_entropy,
     step_logits,
     step_scores,
+    up_to_first_error,
 )
 
 IGN = -100.0
@@ -80,6 +81,25 @@ def test_last_step_only_uses_last_real_step():
     labels2 = torch.tensor([[1.0, 0.0, IGN], [1.0, IGN, IGN]])
     got2 = soft_cross_entropy(logits, labels2, last_step_only=True, step_mask=mask[:2])
     assert torch.allclose(got2, F.cross_entropy(logits[1, :1], torch.tensor([1])), atol=1e-6)
+
+
+def test_up_to_first_error_keeps_steps_through_the_first_wrong_one():
+    labels = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, IGN, 1.0, 0.2], [0.0, 1.0, IGN, IGN], [1.0, 1.0, 1.0, 1.0]])
+    assert up_to_first_error(labels).tolist() == [
+        [True, True, False, False],
+        [True, False, True, True],  # an ignored step neither counts nor ends the row
+        [True, False, False, False],
+        [True, True, True, True],
+    ]
+    logits = torch.randn(4, 4, 2)
+    got = soft_cross_entropy(logits, labels, first_error_only=True)
+    keep = up_to_first_error(labels)
+    # the soft 0.2 label in row 1 is kept as a soft target
+    soft = labels[keep]
+    logp = logits[keep].log_softmax(-1)
+    want = -(soft * logp[:, 1] + (1 - soft) * logp[:, 0]).mean()
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, soft_cross_entropy(logits, labels), atol=1e-4)
 
 
 def test_step_scores_is_probability_of_correct():

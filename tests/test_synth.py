@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -152,7 +153,8 @@ def test_official_format_fields_markers_preamble_and_context(rows):
         assert keys <= set(row) <= keys | {"context"}
         assert row["instruction"] == synth.DEFAULT_INSTRUCTION
         preamble, steps = split_steps(row["grade_ans"])
-        assert row["grade_ans"].startswith(preamble) and row["grade_ans"][len(preamble):].lstrip().startswith("[1] ")
+        assert row["grade_ans"].startswith(preamble)
+        assert row["grade_ans"][len(preamble):].lstrip().startswith("[1] ")
         assert preamble in ("", synth.PREAMBLE.strip())
         preambles += bool(preamble)
         if "context" in row:
@@ -163,18 +165,32 @@ def test_official_format_fields_markers_preamble_and_context(rows):
 
 
 def test_shipped_files_are_what_the_documented_command_makes(tmp_path):
+    """Run data/README.md's commands (through the CLI, as a user would) and compare bytes."""
+    from spare_train.cli import main
+
     readme = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
     opts = re.search(r'OPTS="([^"]*)"', readme)
     assert opts, "data/README.md lacks the OPTS of its regeneration commands"
-    kwargs = {k.replace("-", "_"): int(v) for k, v in re.findall(r"--([a-z-]+) (\d+)", opts.group(1))}
+    questions = {}
     for name in ("train", "test"):
         shipped = ROOT / "data" / "synth" / f"{name}.jsonl"
-        cmd = re.search(
-            rf"--num-questions (\d+) --seed (\d+) \$OPTS --output data/synth/{name}\.jsonl", readme
-        )
+        cmd = re.search(rf"spare-train data synth (.*) --output data/synth/{name}\.jsonl", readme)
         assert cmd, f"data/README.md lacks the command for {name}.jsonl"
-        n, seed = int(cmd.group(1)), int(cmd.group(2))
-        made = synth.write_jsonl(synth.generate(n, seed, **kwargs), tmp_path / f"{name}.jsonl")
+        argv = shlex.split(cmd.group(1).replace("$OPTS", opts.group(1)))
+        made = tmp_path / f"{name}.jsonl"
+        assert main(["data", "synth", *argv, "--output", str(made)]) == 0
         assert made.read_bytes() == shipped.read_bytes()
+        questions[name] = {json.loads(line)["question"] for line in shipped.open(encoding="utf-8")}
+    assert not questions["train"] & questions["test"], "held-out questions also occur in training"
     total = sum(p.stat().st_size for p in (ROOT / "data" / "synth").glob("*.jsonl"))
     assert total < 6.5e6
+
+
+def test_train_and_test_splits_never_share_a_question():
+    small = dict(max_start=9, max_addend=3, max_multiplier=2, max_value=9)
+    train = {r["question"] for r in synth.generate(300, seed=0, split="train", **small)}
+    test = {r["question"] for r in synth.generate(100, seed=1, split="test", **small)}
+    assert train and test and not train & test
+    assert synth.generate(10, seed=4) == synth.generate(10, seed=4, split="all")
+    with pytest.raises(ValueError):
+        synth.generate(1, seed=0, split="validation")
