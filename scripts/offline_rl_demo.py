@@ -10,7 +10,7 @@
    policy equal to its reference, count as half right) and greedy-decoding accuracy (final answer
    parsed from the generated text and compared with the reference answer).
 
-Command: python scripts/offline_rl_demo.py [--objective dpo] [--sft-steps 300] [--pref-steps 150]
+Command: python scripts/offline_rl_demo.py [--objective dpo] [--sft-steps 500] [--pref-steps 200]
 [--train data/synth/train.jsonl] [--test data/synth/test.jsonl]
 """
 
@@ -100,15 +100,19 @@ def greedy_accuracy(model: torch.nn.Module, tokenizer, files: str, max_new_token
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--objective", default="dpo", choices=["dpo", "ipo", "orpo", "step_weighted_dpo"])
-    ap.add_argument("--sft-steps", type=int, default=300)
-    ap.add_argument("--pref-steps", type=int, default=150)
+    ap.add_argument("--sft-steps", type=int, default=500)
+    ap.add_argument("--sft-lr", type=float, default=1e-3)
+    ap.add_argument("--pref-steps", type=int, default=200)
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--pref-lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pref-lr", type=float, default=1e-4)
+    ap.add_argument("--nll-weight", type=float, default=1.0,
+                    help="chosen answers' NLL added to DPO/IPO (0 = plain DPO, which wrecks greedy decoding here)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = torch's default (all cores)")
     ap.add_argument("--train", help=f"SPARE training file (default: {BUNDLED_TRAIN.relative_to(ROOT)})")
     ap.add_argument("--test", help=f"SPARE held-out file (default: {BUNDLED_TEST.relative_to(ROOT)})")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
     out = Path(tempfile.mkdtemp(prefix="offline_rl_demo_"))
     train, test = data_files(out, args.train, args.test)
@@ -120,7 +124,7 @@ def main() -> None:
                                  batch_size=16, **common)
     sft_dm.setup("fit")
     print(f"SFT data: {sft_dm.summaries['train']}")
-    sft = OfflineRLModule.from_model(tiny_model("llama", seed=0), objective="sft", lr=3e-3, warmup_ratio=0.05)
+    sft = OfflineRLModule.from_model(tiny_model("llama", seed=0), objective="sft", lr=args.sft_lr, warmup_ratio=0.05)
     tok = sft_dm.tokenizer
     print(f"greedy accuracy, random policy: {greedy_accuracy(sft.policy, tok, test):.3f}")
     trainer(args.sft_steps, out).fit(sft, sft_dm)
@@ -135,6 +139,7 @@ def main() -> None:
     print(f"preference data (held out): {pref_dm.summaries['val']}")
     policy = copy.deepcopy(sft.policy)
     pref = OfflineRLModule.from_model(policy, objective=args.objective, beta=args.beta, lr=args.pref_lr,
+                                      nll_weight=args.nll_weight,
                                       reference="precomputed" if args.objective != "orpo" else "none")
     if args.objective != "orpo":
         pref.precompute_reference(pref_dm)  # the SFT policy is the reference

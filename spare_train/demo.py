@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spare_train.demo", description=__doc__)
     parser.add_argument("--out", default="outputs/demo", help="where to write the demo's files")
     parser.add_argument("--data-only", action="store_true", help="stop after the data part")
+    parser.add_argument(
+        "fit_args", nargs="*", metavar="-- FIT_ARG",
+        help="after --, options for the training run, e.g. -- --model.init_args.first_error_steps=0",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from spare_train.demo_prm import prm_demo
 
-    return prm_demo(out)
+    return prm_demo(out, extra_args=args.fit_args)
 
 
 if __name__ == "__main__":

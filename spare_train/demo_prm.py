@@ -9,8 +9,10 @@ applied, unchanged, to the held-out test questions.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "prm" / "tiny.yaml"
@@ -37,10 +39,10 @@ def prm_demo(out: Path, recipe: Path = RECIPE, extra_args: list[str] | None = No
     run_dir = out / "prm-run"
     console.rule(f"training the tiny PRM: spare-train fit --config {recipe.relative_to(ROOT)}")
     t0 = time.time()
-    cli = make_cli(
-        ["fit", "--config", str(recipe), "--trainer.default_root_dir", str(run_dir),
-         "--trainer.logger.init_args.save_dir", str(run_dir), *(extra_args or [])]
-    )
+    args = ["fit", "--config", str(recipe), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir), *(extra_args or [])]
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the demo's own options are not the CLI's
+        cli = make_cli(args)
     train_s = time.time() - t0
     ckpt = _checkpoint(run_dir)
     console.print(f"trained in {train_s / 60:.1f} min; checkpoint {ckpt}")

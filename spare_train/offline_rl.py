@@ -77,6 +77,10 @@ class OfflineRLModule(L.LightningModule):
             (the paper: 1); None = the whole continuation.
         kto_desirable_weight: KTO's lambda_D.
         kto_undesirable_weight: KTO's lambda_U.
+        nll_weight: adds ``nll_weight`` x the chosen answers' mean token NLL to the pairwise
+            objectives with a reference (DPO + NLL, "RPO": Pang et al. 2024; TRL's ``rpo_alpha``).
+            DPO alone can lower the chosen answers' likelihood too and wreck greedy decoding;
+            the NLL term keeps it up. ORPO has its own NLL term and ignores this.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of steps with linear warm-up; then linear decay to 0.
@@ -95,6 +99,7 @@ class OfflineRLModule(L.LightningModule):
         step_dpo_steps: int | None = None,
         kto_desirable_weight: float = 1.0,
         kto_undesirable_weight: float = 1.0,
+        nll_weight: float = 0.0,
         lr: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
@@ -247,6 +252,11 @@ class OfflineRLModule(L.LightningModule):
             losses, rc, rr = F_.step_weighted_dpo_loss(tok[c], tok[r], ref[c], ref[r], wt[c], wt[r], hp.beta)
         else:
             raise ValueError(f"unknown objective {obj!r}")
+        loss = losses.mean()
+        if obj != "orpo" and hp.get("nll_weight", 0.0):
+            nll = F_.sft_loss(tok[c], mask[c])
+            metrics["nll"] = nll.detach()
+            loss = loss + hp.nll_weight * nll
         seq = F_.sequence_logps(tok.detach(), mask)
         margin = rc - rr
         metrics.update(
@@ -262,7 +272,7 @@ class OfflineRLModule(L.LightningModule):
                                    > F_.sequence_logps(tok.detach(), mask, average=True)[r]).float().mean(),
             }
         )
-        return losses.mean(), metrics
+        return loss, metrics
 
     # ------------------------------------------------------------------ Lightning hooks
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:

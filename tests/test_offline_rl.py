@@ -141,6 +141,22 @@ def test_precomputed_reference_equals_on_the_fly(data_file):
 
 
 # ------------------------------------------------------------------------------ objectives
+def test_nll_weight_adds_the_chosen_answers_nll_to_dpo(data_file):
+    from spare_train import losses as F_
+
+    dm = datamodule(data_file, "pairs")
+    batch = next(iter(dm.val_dataloader()))
+    plain = OfflineRLModule.from_model(tiny_model("llama", seed=0), objective="dpo", reference="copy")
+    rpo = OfflineRLModule.from_model(tiny_model("llama", seed=0), objective="dpo", reference="copy", nll_weight=0.7)
+    with torch.no_grad():
+        base, _ = plain.compute_loss(batch)
+        got, metrics = rpo.compute_loss(batch)
+        B = batch["input_ids"].shape[0] // 2
+        nll = F_.sft_loss(rpo.token_logps(batch)[:B], batch["loss_mask"][:B])
+    assert nll > 0 and torch.allclose(metrics["nll"], nll)
+    assert torch.allclose(got, base + 0.7 * nll, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", list(VIEWS))
 def test_each_objective_lowers_its_loss(data_file, objective):
