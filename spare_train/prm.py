@@ -25,6 +25,20 @@ from spare_train.tokenize import FormatConfig, load_tokenizer, prepare_tokenizer
 _FORMAT_KEYS = [f.name for f in fields(FormatConfig)]
 
 
+def rng_states() -> dict[str, Any]:
+    """torch's CPU (and, when present, CUDA) generator states, as tensors (``weights_only``-safe)."""
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def backbone_config(value: BackboneConfig | dict | None) -> BackboneConfig:
     """Accept a config, its ``asdict`` form (as stored in checkpoints) or ``None`` (defaults)."""
     if value is None:
@@ -236,11 +250,16 @@ class PRMModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["spare_prm"] = {"format": asdict(self.format_config), "tokenizer": self.tokenizer_name}
+        # Lightning does not save RNG states; without them dropout (LoRA's included) draws other
+        # masks after a resume and the run diverges from an uninterrupted one
+        checkpoint["rng_states"] = rng_states()
         if self.backbone_cfg.lora is not None:
             keep = trainable_names(self)
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
         info = checkpoint.get("spare_prm")
         if info:
             self.format_config = FormatConfig(**info["format"])

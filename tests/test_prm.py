@@ -114,7 +114,7 @@ def _snapshot(module: PRMModule, trainer: L.Trainer):
 
 @pytest.mark.slow
 def test_checkpoint_keeps_trainable_tensors_and_resume_is_exact(folder, tmp_path):
-    bb = BackboneConfig(name_or_path=folder, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    bb = BackboneConfig(name_or_path=folder, lora=LoraSettings(r=4, alpha=8, dropout=0.1))
 
     def fresh():
         L.seed_everything(0)
