@@ -138,14 +138,14 @@ def synth(
             question whatever their seeds.
         test_fraction: share of all problems on the ``test`` side of that split.
     """
-    from spare_train.synth import generate, write_jsonl
+    from spare_train.synth import ERROR_TYPES, generate, write_jsonl
 
     rows = generate(
         num_questions, seed, candidates_per_question, min_ops=min_ops, max_ops=max_ops,
         error_rate=error_rate, malformed_rate=malformed_rate, preamble_rate=preamble_rate,
         max_start=max_start, max_addend=max_addend, max_multiplier=max_multiplier, max_value=max_value,
         max_error_offset=max_error_offset, split=split, test_fraction=test_fraction,
-        **({"error_types": tuple(error_types)} if error_types else {}),
+        error_types=tuple(error_types or ERROR_TYPES),
     )
     write_jsonl(rows, output)
     print(f"wrote {len(rows)} candidates of {num_questions} questions to {output}", file=sys.stderr)

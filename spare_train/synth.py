@@ -314,11 +314,10 @@ def generate(
     )
     rows = []
     for q in range(num_questions):
-        problem = make_problem(rng, min_ops=min_ops, max_ops=max_ops, **shape)
         for _ in range(10_000):
+            problem = make_problem(rng, min_ops=min_ops, max_ops=max_ops, **shape)
             if split == "all" or problem_split(problem, test_fraction) == split:
                 break
-            problem = make_problem(rng, min_ops=min_ops, max_ops=max_ops, **shape)
         else:
             raise ValueError(f"no {split} problem found: widen the number ranges or test_fraction")
         qid = f"{id_prefix}-{seed}-{q:06d}"
