@@ -26,7 +26,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from spare_train.offline_rl import OfflineRLModule
+    from spare_train.policy import PolicyModule
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -39,7 +39,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     )
     base = LlamaForCausalLM(cfg).to(dtype)
     policy = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, target_modules="all-linear"))
-    module = OfflineRLModule.from_model(policy, objective="dpo", reference=args.variant).to(dev)
+    module = PolicyModule.from_model(policy, objective="dpo", reference=args.variant).to(dev)
     if args.variant == "copy":
         module._frozen[0].to(dev)
     R, Lx = 2 * args.batch, args.length

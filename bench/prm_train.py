@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/prm_train.py [--steps 15 --head-steps 5 --threads 1 --repeats 2]
 
 (a) ``loop``: one ``PRMModule`` (``lm_tokens`` head, LoRA r=16 on a random Llama, hidden 256, 4 layers,
-    the bundled 4k tokenizer) trained for the same number of steps on the same ``SpareDataModule``
+    the bundled 4k tokenizer) trained for the same number of steps on the same ``PRMDataModule``
     batches with the same AdamW, once by ``lightning.Trainer.fit`` and once by a plain
     ``for batch in dm.train_dataloader()`` loop (forward, loss, backward, step, zero_grad). Throughput
     counts real (unpadded) tokens over the timed steps, data loading included in both.
@@ -70,12 +70,12 @@ def write_model(out: Path, vocab: int, hidden: int, layers: int) -> str:
 def build(args: argparse.Namespace, model_dir: str, tokenizer: str) -> tuple[Any, Any]:
     import lightning as L
 
-    from spare_train.backbone import BackboneConfig, LoraSettings
-    from spare_train.data import SpareDataModule
+    from spare_train.models.backbone import BackboneConfig, LoraSettings
+    from spare_train.data import PRMDataModule
     from spare_train.prm import PRMModule
 
     L.seed_everything(0, verbose=False)
-    dm = SpareDataModule(train=args.data, tokenizer=tokenizer, batch_size=args.batch, max_length=args.max_length,
+    dm = PRMDataModule(train=args.data, tokenizer=tokenizer, batch_size=args.batch, max_length=args.max_length,
                          val_fraction=0.0, seed=0)  # fmt: skip
     bb = BackboneConfig(name_or_path=model_dir, lora=LoraSettings(r=16, alpha=16, dropout=0.0))
     module = PRMModule(backbone=bb, head="lm_tokens", tokenizer=tokenizer, lr=1e-4, scheduler="constant")
@@ -159,7 +159,7 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
 def run_head(args: argparse.Namespace, full: bool) -> dict[str, Any]:
     import torch
 
-    from spare_train.heads import gather_steps
+    from spare_train.prm.heads import gather_steps
 
     module, dm = build(args, args.head_model, args.head_tokenizer)
     dm.setup("fit")

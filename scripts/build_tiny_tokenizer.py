@@ -100,7 +100,7 @@ MODEL_CONFIGS = {
 
 def corpus(gsm8k: str) -> list[str]:
     texts = [synth.DEFAULT_INSTRUCTION, synth.PREAMBLE]
-    for row in synth.generate(2000, seed=12345, preamble_rate=0.0, malformed_rate=0.0):
+    for row in synth.generate(synth.SynthConfig(num_questions=2000, seed=12345, preamble_rate=0.0, malformed_rate=0.0)):
         if row["output_idx"] == 0:
             texts += [row["question"], row["reference_ans"]]
         texts.append(row["grade_ans"])

@@ -29,8 +29,8 @@ from spare_train import synth
 from spare_train.assets import tiny_model
 from spare_train.formats import read_records
 from spare_train.formats.answers import extract_answer, normalize_answer
-from spare_train.offline_rl import OfflineRLModule
-from spare_train.offline_rl_data import FilterConfig, OfflineRLDataModule, PairingConfig, tokenize_completions
+from spare_train.policy import PolicyModule
+from spare_train.data.policy import FilterConfig, PolicyDataModule, PairingConfig, tokenize_completions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def trainer(steps: int, out: Path) -> L.Trainer:
     )
 
 
-def pair_accuracy(module: OfflineRLModule, dm: OfflineRLDataModule) -> tuple[float, float]:
+def pair_accuracy(module: PolicyModule, dm: PolicyDataModule) -> tuple[float, float]:
     """(implicit-reward accuracy, length-normalised log-prob accuracy) over the held-out pairs."""
     module.policy.eval()
     acc = lp = n = 0.0
@@ -120,17 +120,17 @@ def main() -> None:
     common = dict(val_files=test, read_options={"add_reference": True}, max_length=256, max_prompt_length=128)
 
     t0 = time.time()
-    sft_dm = OfflineRLDataModule(train, view="filtered", filtering=FilterConfig(include_reference=True),
+    sft_dm = PolicyDataModule(train, view="filtered", filtering=FilterConfig(include_reference=True),
                                  batch_size=16, **common)
     sft_dm.setup("fit")
     print(f"SFT data: {sft_dm.summaries['train']}")
-    sft = OfflineRLModule.from_model(tiny_model("llama", seed=0), objective="sft", lr=args.sft_lr, warmup_ratio=0.05)
+    sft = PolicyModule.from_model(tiny_model("llama", seed=0), objective="sft", lr=args.sft_lr, warmup_ratio=0.05)
     tok = sft_dm.tokenizer
     print(f"greedy accuracy, random policy: {greedy_accuracy(sft.policy, tok, test):.3f}")
     trainer(args.sft_steps, out).fit(sft, sft_dm)
     print(f"SFT: {args.sft_steps} steps in {time.time() - t0:.0f}s")
 
-    pref_dm = OfflineRLDataModule(
+    pref_dm = PolicyDataModule(
         train, view="pairs", batch_size=8,
         pairing=PairingConfig(reference_as_chosen=True, max_pairs_per_question=10), **common,
     )
@@ -138,7 +138,7 @@ def main() -> None:
     print(f"preference data (train): {pref_dm.summaries['train']}")
     print(f"preference data (held out): {pref_dm.summaries['val']}")
     policy = copy.deepcopy(sft.policy)
-    pref = OfflineRLModule.from_model(policy, objective=args.objective, beta=args.beta, lr=args.pref_lr,
+    pref = PolicyModule.from_model(policy, objective=args.objective, beta=args.beta, lr=args.pref_lr,
                                       nll_weight=args.nll_weight,
                                       reference="precomputed" if args.objective != "orpo" else "none")
     if args.objective != "orpo":

@@ -10,7 +10,7 @@ __all__ = ["Prompt", "Source", "StepRecord", "load_prm", "__version__"]
 def __getattr__(name: str):
     # Lazy so that `import spare_train` stays light (no torch/transformers import for data work).
     if name == "load_prm":
-        from spare_train.scoring import load_prm
+        from spare_train.prm.scoring import load_prm
 
         return load_prm
     raise AttributeError(name)

@@ -29,13 +29,29 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-TINY_DIR = Path(__file__).parent / "assets" / "tiny"
+PACKAGE_DIR = Path(__file__).parent
+TINY_DIR = PACKAGE_DIR / "assets" / "tiny"
+#: ``bundled:NAME/…`` paths: files shipped inside the installed package (also reachable in a
+#: checkout as ``data/synth/`` and ``recipes/``, which link here)
+BUNDLED_ROOTS = {"synth": PACKAGE_DIR / "assets" / "synth", "recipes": PACKAGE_DIR / "recipes"}
+BUNDLED_PREFIX = "bundled:"
 TOKENIZER_DIR = TINY_DIR / "tokenizer"
 FAMILIES: tuple[str, ...] = ("llama", "qwen2")
 #: SPARE's step tag; one token in the tiny tokenizer, two in Qwen3's.
 STEP_TAG = " ки"
 #: Names :func:`resolve_model_name` maps to a cached tiny model folder.
 TINY_NAMES = {f"tiny-{family}": family for family in FAMILIES}
+
+
+def resolve_bundled(path: str) -> str:
+    """``bundled:synth/train.jsonl`` or ``bundled:recipes/prm/tiny.yaml`` -> the file shipped with
+    the package; any other path is returned unchanged. Works the same installed or checked out."""
+    if not path.startswith(BUNDLED_PREFIX):
+        return path
+    root, _, rest = path[len(BUNDLED_PREFIX) :].lstrip("/").partition("/")
+    if root not in BUNDLED_ROOTS:
+        raise FileNotFoundError(f"{path}: bundled files are under {', '.join(BUNDLED_PREFIX + r for r in BUNDLED_ROOTS)}")
+    return str(BUNDLED_ROOTS[root] / rest)
 
 
 def _check_family(family: str) -> str:

@@ -12,12 +12,41 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from spare_train.records import StepRecord
+from spare_train.records import IGNORE, StepRecord
 from spare_train.report import DataError, Report
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 Policy = Callable[[StepRecord], StepRecord]
+
+
+def up_to_first_error(labels: Tensor, threshold: float = 0.5) -> Tensor:
+    """Tensor twin of :func:`spare_train.records.first_error`: ``[B, S]`` labels -> ``[B, S]`` bool,
+    True at each row's labeled steps up to and including its first incorrect one.
+
+    Steps after a solution's first error are mostly consequences of it (a reference-guided judge
+    labels them INCORRECT although each may be locally right); leaving them out is Qwen's
+    first-error labelling. Unlabeled entries (:data:`IGNORE`/NaN) neither count nor end a row.
+    """
+    import torch
+
+    labels = labels.float()
+    valid = (labels != IGNORE) & ~labels.isnan()
+    wrong = valid & (labels < threshold)
+    errors_before = torch.cumsum(wrong.long(), dim=1) - wrong.long()
+    return valid & (errors_before == 0)
+
+
+def first_error_index(labels: Tensor, threshold: float = 0.5) -> Tensor:
+    """``[B, S]`` labels -> ``[B]`` long: each row's :func:`~spare_train.records.first_error` (-1: none)."""
+    import torch
+
+    labels = labels.float()
+    wrong = (labels != IGNORE) & ~labels.isnan() & (labels < threshold)
+    return torch.where(wrong.any(1), wrong.int().argmax(1), torch.full_like(wrong[:, 0], -1, dtype=torch.long))
 
 
 def _where(r: StepRecord) -> str:

@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from spare_train.records import StepRecord
+from spare_train.records import AGGREGATES, StepRecord, aggregate, first_error, group_by, is_label
 
 Score = tuple[float, ...]
 
@@ -37,13 +37,8 @@ def _outcome(r: StepRecord) -> float:
     return math.nan if r.outcome is None else float(r.outcome)
 
 
-def _known_labels(r: StepRecord) -> list[float]:
-    return [x for x in r.labels if x is not None and not math.isnan(x)]
-
-
 def _min_label(r: StepRecord) -> float:
-    known = _known_labels(r)
-    return min(known) if known else math.nan
+    return aggregate(r.known_labels(), "min")
 
 
 #: score key -> function of a record; every score lies in [0, 1], higher is better
@@ -114,6 +109,7 @@ class PairReport:
     pairs_per_question: dict[str, int] = field(default_factory=dict)
     candidates_per_question: dict[str, int] = field(default_factory=dict)
     reference_pairs: int = 0
+    filtered_out: int = 0
 
     @property
     def num_pairs(self) -> int:
@@ -129,15 +125,8 @@ class PairReport:
             f"{self.num_pairs} pairs from {q} questions "
             f"({self.num_pairs / max(q, 1):.2f} per question, {self.reference_pairs} with the reference "
             f"as chosen); {len(self.questions_without_pairs)} questions without any pair"
+            + (f"; {self.filtered_out} admissible pairs filtered out before the cap" if self.filtered_out else "")
         )
-
-
-def group_records(records: Sequence[StepRecord]) -> dict[str, list[StepRecord]]:
-    """Records by ``group_id``, groups in order of first appearance."""
-    groups: dict[str, list[StepRecord]] = {}
-    for r in records:
-        groups.setdefault(r.group_id, []).append(r)
-    return groups
 
 
 def response_key(record: StepRecord) -> tuple[str, ...]:
@@ -145,33 +134,27 @@ def response_key(record: StepRecord) -> tuple[str, ...]:
     return (record.preamble, *record.steps)
 
 
-def build_pairs(
+def candidate_pairs(
     records: Sequence[StepRecord],
     *,
     keys: Sequence[str] = ("outcome", "mean_label"),
     comparator: str = "strict_pareto",
     index: int = 0,
-    max_pairs_per_question: int | None = 10,
     reference_as_chosen: bool = False,
-    seed: int = 0,
-) -> tuple[list[Pair], PairReport]:
-    """Up to ``max_pairs_per_question`` unique (chosen, rejected) pairs per question.
+) -> dict[str, list[Pair]]:
+    """Every admissible (chosen, rejected) pair, per question, uncapped.
 
-    The pool of a question holds every ordered pair of its candidates (``is_reference`` records
-    excluded) where ``comparator(score(chosen), score(rejected))`` holds and the two response texts
-    differ; with ``reference_as_chosen`` it also holds (reference, candidate) for every candidate
-    the reference beats under the same comparator (the reference scores 1 on every key), as the
-    SPARE paper does. When the pool is larger than the cap, pairs are drawn without replacement
-    with a generator seeded by ``(seed, group_id)``, so a question's pairs do not depend on the
-    other questions or on record order. Output is sorted: reference pairs first, then by
-    (chosen id, rejected id).
+    A question's pool holds every ordered pair of its candidates (``is_reference`` records
+    excluded) where ``comparator(score(chosen), score(rejected))`` holds and the two response
+    texts differ. With ``reference_as_chosen`` it also holds (reference, candidate) for every
+    candidate the reference beats under the same comparator (the reference scores 1 on every
+    key). Each pool is sorted: reference pairs first, then by (chosen id, rejected id).
     """
     if comparator not in COMPARATORS:
         raise ValueError(f"unknown comparator {comparator!r}; choose from {sorted(COMPARATORS)}")
     beats = COMPARATORS[comparator]
-    report = PairReport()
-    out: list[Pair] = []
-    for gid, group in group_records(records).items():
+    pools: dict[str, list[Pair]] = {}
+    for gid, group in group_by(records, lambda r: r.group_id).items():
         cands = [r for r in group if not r.is_reference]
         refs = [r for r in group if r.is_reference] if reference_as_chosen else []
         scores = {id(r): score(r, keys) for r in group}
@@ -186,13 +169,54 @@ def build_pairs(
                     seen.add(key)
                     pool.append(Pair(gid, chosen, rejected))
         pool.sort(key=lambda p: (not p.chosen.is_reference, p.chosen.id, p.rejected.id))
-        if max_pairs_per_question is not None and len(pool) > max_pairs_per_question:
-            rng = random.Random(f"{seed}:{gid}")
-            keep = sorted(rng.sample(range(len(pool)), max_pairs_per_question))
-            pool = [pool[i] for i in keep]
+        pools[str(gid)] = pool
+    return pools
+
+
+def cap_pairs(pool: Sequence[Pair], k: int | None, seed: int, group_id: str) -> list[Pair]:
+    """At most ``k`` pairs of one question's ``pool``, drawn without replacement with a generator
+    seeded by ``(seed, group_id)`` (so a question's pairs do not depend on the other questions or
+    on record order), in pool order."""
+    if k is None or len(pool) <= k:
+        return list(pool)
+    rng = random.Random(f"{seed}:{group_id}")
+    return [pool[i] for i in sorted(rng.sample(range(len(pool)), k))]
+
+
+def build_pairs(
+    records: Sequence[StepRecord],
+    *,
+    keys: Sequence[str] = ("outcome", "mean_label"),
+    comparator: str = "strict_pareto",
+    index: int = 0,
+    max_pairs_per_question: int | None = 10,
+    reference_as_chosen: bool = False,
+    seed: int = 0,
+    keep: Callable[[Pair], Pair | None] | None = None,
+) -> tuple[list[Pair], PairReport]:
+    """Up to ``max_pairs_per_question`` unique (chosen, rejected) pairs per question.
+
+    Build every admissible pair (:func:`candidate_pairs`), filter each with ``keep`` (a function
+    returning the pair, a changed pair, or ``None`` to drop it: e.g. :func:`step_dpo_pair`), and
+    only then cap each question at ``max_pairs_per_question`` with :func:`cap_pairs`, so a filter
+    never loses pairs to the cap. With ``reference_as_chosen`` the reference is paired with every
+    candidate it beats (see docs/offline_rl.md for how this differs from the SPARE code).
+    """
+    report = PairReport()
+    out: list[Pair] = []
+    pools = candidate_pairs(
+        records, keys=keys, comparator=comparator, index=index, reference_as_chosen=reference_as_chosen
+    )
+    cands = {str(g): sum(not r.is_reference for r in rs) for g, rs in group_by(records, lambda r: r.group_id).items()}
+    for gid, pool in pools.items():
+        if keep is not None:
+            kept = [keep(p) for p in pool]
+            report.filtered_out += sum(p is None for p in kept)
+            pool = [p for p in kept if p is not None]
+        pool = cap_pairs(pool, max_pairs_per_question, seed, gid)
         out.extend(pool)
         report.pairs_per_question[gid] = len(pool)
-        report.candidates_per_question[gid] = len(cands)
+        report.candidates_per_question[gid] = cands[gid]
         report.reference_pairs += sum(p.chosen.is_reference for p in pool)
     return out, report
 
@@ -200,7 +224,7 @@ def build_pairs(
 # --------------------------------------------------------------------------------------- views
 def all_steps_correct(record: StepRecord, threshold: float = 0.5) -> bool:
     """Every step labeled, and each label >= ``threshold``."""
-    return all(x is not None and not math.isnan(x) and x >= threshold for x in record.labels)
+    return all(is_label(x) and x >= threshold for x in record.labels)
 
 
 def is_good(record: StepRecord) -> bool:
@@ -219,29 +243,22 @@ def kto_view(
     return [(r, bool(desirable(r))) for r in records if include_reference or not r.is_reference]
 
 
-_AGGREGATES: dict[str, Callable[[list[float]], float]] = {
-    "mean": lambda xs: sum(xs) / len(xs),
-    "min": min,
-    "prod": math.prod,
-}
-
-
 def rft_view(
     records: Sequence[StepRecord],
     *,
     threshold: float | None = None,
-    aggregate: str = "mean",
+    how: str = "mean",
     require_outcome: bool = True,
     include_reference: bool = False,
 ) -> list[StepRecord]:
     """Candidates for rejection-sampling fine-tuning (RFT).
 
     ``threshold=None``: keep candidates whose steps are all labeled correct. Otherwise keep those
-    whose ``aggregate`` (``mean``/``min``/``prod``) of the known step labels is ``>= threshold``.
+    whose aggregate ``how`` (``mean``/``min``/``prod``/``last``) of the known step labels is ``>= threshold``.
     ``require_outcome`` additionally requires a correct final answer (an unknown one fails).
     """
-    if aggregate not in _AGGREGATES:
-        raise ValueError(f"unknown aggregate {aggregate!r}; choose from {sorted(_AGGREGATES)}")
+    if how not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {how!r}; choose from {AGGREGATES}")
     kept = []
     for r in records:
         if r.is_reference:
@@ -253,8 +270,7 @@ def rft_view(
         if threshold is None:
             ok = all_steps_correct(r)
         else:
-            known = _known_labels(r)
-            ok = bool(known) and _AGGREGATES[aggregate](known) >= threshold
+            ok = aggregate(r.known_labels(), how) >= threshold  # NaN (nothing known) fails
         if ok:
             kept.append(r)
     return kept
@@ -262,38 +278,37 @@ def rft_view(
 
 # ----------------------------------------------------------------------------------- Step-DPO
 def step_dpo_prefix(
-    chosen_steps: Sequence[str],
-    rejected_steps: Sequence[str],
-    rejected_labels: Sequence[float | None],
+    chosen: StepRecord,
+    rejected: StepRecord,
     threshold: float = 0.5,
 ) -> int | None:
     """Number of leading steps a Step-DPO pair shares, or None when the pair cannot be one.
 
     Step-DPO (https://arxiv.org/abs/2406.18629) conditions on the correct steps before the
-    rejected answer's first wrong step ``e`` and prefers the chosen continuation to the wrong step.
+    rejected answer's first wrong step ``e`` and prefers a *correct* step ``e`` to the wrong one.
     That needs: the rejected answer has a first error ``e`` (a label < ``threshold``; unlabeled
-    steps are skipped), the chosen answer has the *same* first ``e`` steps (text equal), and the
-    chosen answer continues past them with a different step ``e``.
+    steps are skipped); the chosen answer is correct (outcome 1, or the reference); it has the
+    *same* first ``e`` steps (text equal); and its own step ``e`` differs from the rejected one and
+    is labelled correct (>= ``threshold``; the reference's steps are correct by definition).
     """
-    e = next(
-        (i for i, x in enumerate(rejected_labels) if x is not None and not math.isnan(x) and x < threshold),
-        -1,
-    )
-    if e < 0 or len(chosen_steps) <= e:
+    e = first_error(rejected.labels, threshold)
+    if e < 0 or len(chosen.steps) <= e:
         return None
-    if list(chosen_steps[:e]) != list(rejected_steps[:e]) or chosen_steps[e] == rejected_steps[e]:
+    if not (chosen.is_reference or chosen.outcome == 1):
+        return None
+    if list(chosen.steps[:e]) != list(rejected.steps[:e]) or chosen.steps[e] == rejected.steps[e]:
+        return None
+    label = chosen.labels[e]
+    if not chosen.is_reference and not (is_label(label) and label >= threshold):
         return None
     return e
 
 
-def step_dpo_pairs(pairs: Sequence[Pair], threshold: float = 0.5) -> tuple[list[Pair], int]:
-    """Keep the pairs that are valid Step-DPO pairs, with ``shared_steps`` set; also return how
-    many were dropped (chosen and rejected diverge before the rejected answer's first error)."""
-    out = []
-    for p in pairs:
-        e = step_dpo_prefix(p.chosen.steps, p.rejected.steps, p.rejected.labels, threshold)
-        if e is not None:
-            # the shared prefix is the rejected answer's: give the chosen one the same preamble
-            chosen = replace(p.chosen, preamble=p.rejected.preamble)
-            out.append(Pair(p.group_id, chosen, p.rejected, shared_steps=e))
-    return out, len(pairs) - len(out)
+def step_dpo_pair(pair: Pair, threshold: float = 0.5) -> Pair | None:
+    """``pair`` as a Step-DPO pair (``shared_steps`` set, the chosen answer given the rejected
+    one's preamble so the shared prefix is identical), or None when it cannot be one
+    (:func:`step_dpo_prefix`). Pass as ``build_pairs(keep=step_dpo_pair)``."""
+    e = step_dpo_prefix(pair.chosen, pair.rejected, threshold)
+    if e is None:
+        return None
+    return Pair(pair.group_id, replace(pair.chosen, preamble=pair.rejected.preamble), pair.rejected, shared_steps=e)

@@ -8,12 +8,66 @@ best-of-N evaluation and preference-pair building key on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 #: Label value for "this step is correct"; 0.0 is incorrect, values in between are soft labels.
 CORRECT = 1.0
 INCORRECT = 0.0
+#: The "unlabeled" marker in tokenised examples and batches (records use ``None``). Every loss and
+#: metric ignores it; NaN is treated the same way, so a float cast can never turn it into a label.
+IGNORE = -100.0
+#: Step-score (or step-label) aggregations: best-of-N, weighted voting, RFT filtering, ``score``.
+AGGREGATES: tuple[str, ...] = ("min", "prod", "last", "mean")
+
+T = TypeVar("T")
+
+
+def is_label(x: float | None) -> bool:
+    """Whether ``x`` is a step label (not ``None``, NaN or :data:`IGNORE`)."""
+    return x is not None and not math.isnan(x) and x != IGNORE
+
+
+def first_error(labels: Sequence[float | None], threshold: float = 0.5) -> int:
+    """0-based index of the first step labelled below ``threshold``, or -1 if none.
+
+    Unlabeled steps (``None``, NaN, :data:`IGNORE`) are skipped: neither correct nor an error.
+    The tensor twin is :func:`spare_train.labels.up_to_first_error`.
+    """
+    for i, label in enumerate(labels):
+        if is_label(label) and label < threshold:
+            return i
+    return -1
+
+
+def aggregate(values: Sequence[float], how: str) -> float:
+    """One solution score from its step scores (or labels): ``min``, ``prod``, ``last`` or ``mean``.
+
+    ``nan`` when there is nothing to aggregate; a NaN value makes the result NaN (a broken score
+    must never pass as a low or high one).
+    """
+    if how not in AGGREGATES:
+        raise ValueError(f"unknown aggregation {how!r}; expected one of {AGGREGATES}")
+    if len(values) == 0:
+        return math.nan
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    if how == "min":
+        return float(min(values))
+    if how == "prod":
+        return float(math.prod(values))
+    if how == "last":
+        return float(values[-1])
+    return float(sum(values) / len(values))
+
+
+def group_by(items: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, list[T]]:
+    """Items by ``key``, groups in order of first appearance (candidates of one question)."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
 
 
 @dataclass
@@ -108,16 +162,13 @@ class StepRecord:
         return len(self.steps)
 
     def first_error(self, threshold: float = 0.5) -> int:
-        """0-based index of the first step labelled below ``threshold``, or -1 if none.
+        """:func:`first_error` of this record's labels."""
+        return first_error(self.labels, threshold)
 
-        Unlabeled steps (``None``) are skipped: they are neither correct nor an error.
-        """
-        for i, label in enumerate(self.labels):
-            if label is not None and not math.isnan(label) and label < threshold:
-                return i
-        return -1
+    def known_labels(self) -> list[float]:
+        """The step labels that are labels (unlabeled steps left out)."""
+        return [float(x) for x in self.labels if is_label(x)]
 
     def mean_label(self) -> float:
         """Mean of the known step labels (NaN when no step is labeled)."""
-        known = [x for x in self.labels if x is not None and not math.isnan(x)]
-        return sum(known) / len(known) if known else math.nan
+        return aggregate(self.known_labels(), "mean")

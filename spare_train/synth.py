@@ -32,9 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 #: Error kinds a candidate can carry at its erroneous step.
 #: ``calculation``: ``a op b = r`` with the wrong ``r``.
@@ -251,33 +251,14 @@ def _malform(text: str, rng: random.Random) -> str:
     return text[:-1]  # closing bracket missing
 
 
-def generate(
-    num_questions: int,
-    seed: int,
-    candidates_per_question: int = 4,
-    *,
-    min_ops: int = 2,
-    max_ops: int = 4,
-    max_start: int = 20,
-    max_addend: int = 9,
-    max_multiplier: int = 3,
-    max_value: int = 99,
-    error_rate: float = 0.5,
-    error_types: tuple[str, ...] = ERROR_TYPES,
-    max_error_offset: int = 10,
-    preamble_rate: float = 0.05,
-    malformed_rate: float = 0.02,
-    context_rate: float = 0.0,
-    instruction: str = DEFAULT_INSTRUCTION,
-    id_prefix: str = "synth",
-    split: str = "all",
-    test_fraction: float = 0.1,
-) -> list[dict[str, Any]]:
-    """Rows in the SPARE annotator format, ``num_questions * candidates_per_question`` of them.
+@dataclass
+class SynthConfig:
+    """What ``spare-train data synth`` generates: seeded arithmetic-chain problems with candidate
+    solutions carrying planted step errors, in the SPARE annotator format.
 
     Args:
         num_questions: questions to draw; candidates of one question share ``question_id``.
-        seed: everything is derived from ``random.Random(seed)``; same seed, same rows.
+        seed: everything is derived from ``random.Random(seed)``; same seed, same bytes.
         candidates_per_question: candidate solutions per question.
         min_ops: fewest operations in a chain (a solution has ``ops + 1`` steps).
         max_ops: most operations in a chain.
@@ -299,6 +280,46 @@ def generate(
             side of a fixed hash split of the question text, so the two never overlap.
         test_fraction: share of all problems on the ``test`` side of that split.
     """
+
+    num_questions: int = 100
+    seed: int = 0
+    candidates_per_question: int = 4
+    min_ops: int = 2
+    max_ops: int = 4
+    max_start: int = 20
+    max_addend: int = 9
+    max_multiplier: int = 3
+    max_value: int = 99
+    error_rate: float = 0.5
+    error_types: list[str] = field(default_factory=lambda: list(ERROR_TYPES))
+    max_error_offset: int = 10
+    preamble_rate: float = 0.05
+    malformed_rate: float = 0.02
+    context_rate: float = 0.0
+    instruction: str = DEFAULT_INSTRUCTION
+    id_prefix: str = "synth"
+    split: Literal["all", "train", "test"] = "all"
+    test_fraction: float = 0.1
+
+
+#: the bundled files (data/synth/): single digits so a tiny model learns the task on a CPU
+BUNDLED = {
+    "train": SynthConfig(num_questions=1400, seed=0, split="train", max_start=9, max_addend=3, max_multiplier=2,
+                         max_value=9, max_error_offset=3, error_rate=0.75, error_types=["calculation"]),
+    "test": SynthConfig(num_questions=200, seed=1, split="test", max_start=9, max_addend=3, max_multiplier=2,
+                        max_value=9, max_error_offset=3, error_rate=0.75, error_types=["calculation"]),
+}  # fmt: skip
+
+
+def generate(config: SynthConfig) -> list[dict[str, Any]]:
+    """Rows in the SPARE annotator format, ``num_questions * candidates_per_question`` of them
+    (see :class:`SynthConfig`)."""
+    c = config
+    num_questions, seed, candidates_per_question = c.num_questions, c.seed, c.candidates_per_question
+    min_ops, max_ops, error_types, split, test_fraction = c.min_ops, c.max_ops, tuple(c.error_types), c.split, c.test_fraction
+    max_start, max_addend, max_multiplier, max_value = c.max_start, c.max_addend, c.max_multiplier, c.max_value
+    error_rate, max_error_offset, preamble_rate, malformed_rate = c.error_rate, c.max_error_offset, c.preamble_rate, c.malformed_rate
+    context_rate, instruction, id_prefix = c.context_rate, c.instruction, c.id_prefix
     unknown = set(error_types) - set(ERROR_TYPES)
     if unknown or not error_types:
         raise ValueError(f"error_types must be a non-empty subset of {ERROR_TYPES}, got {error_types}")

@@ -22,11 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from spare_train.records import Prompt, StepRecord
+from spare_train.records import IGNORE, Prompt, StepRecord
 from spare_train.report import DataError, Report
-
-#: label value for "no label here" in tokenised examples and batches
-IGNORE = -100.0
 
 _SENTINEL = "\u2063SPARE_ASSISTANT_CONTENT\u2063"
 
@@ -58,16 +55,23 @@ class FormatConfig:
     tag_in_text: Literal["remove", "reject"] = "remove"
 
 
+def format_config(value: FormatConfig | dict | None) -> FormatConfig:
+    """Accept a config, its ``asdict`` form (as stored in checkpoints) or ``None`` (defaults)."""
+    if value is None:
+        return FormatConfig()
+    return value if isinstance(value, FormatConfig) else FormatConfig(**value)
+
+
 def load_tokenizer(name_or_path: str) -> Any:
     """Load a tokenizer by local path or hub id; ``tiny``/``tiny-llama``/``tiny-qwen2`` give the
     bundled tiny tokenizer."""
     if name_or_path.startswith("tiny"):
         from spare_train.assets import tiny_tokenizer
 
-        return tiny_tokenizer()
+        return ensure_pad_token(tiny_tokenizer())
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_path)
+    return ensure_pad_token(AutoTokenizer.from_pretrained(name_or_path))
 
 
 def prepare_tokenizer(tokenizer: Any, cfg: FormatConfig) -> int:
@@ -93,9 +97,16 @@ def prepare_tokenizer(tokenizer: Any, cfg: FormatConfig) -> int:
         )
         ids = tokenizer.encode(cfg.step_tag, add_special_tokens=False)
         assert len(ids) == 1, ids
+    ensure_pad_token(tokenizer)
+    return ids[0]
+
+
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """Give a tokenizer without a pad token its EOS as pad (every collator right-pads and masks
+    padding out, so the choice never reaches a loss). Returns the tokenizer."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return ids[0]
+    return tokenizer
 
 
 def chat_parts(prompt: Prompt, tokenizer: Any, template: str = "chat") -> tuple[str, str]:
@@ -157,8 +168,9 @@ def render_text(record: StepRecord, tokenizer: Any, cfg: FormatConfig) -> str:
     return prefix + "".join(s + cfg.step_tag + cfg.step_separator for s in record.steps)
 
 
-def _bos_ids(tokenizer: Any, template: str) -> list[int]:
-    # chat templates write their own BOS text; plain prompts get the BOS the tokenizer would add
+def bos_ids(tokenizer: Any, template: str) -> list[int]:
+    """The BOS id to put before a ``plain`` prompt when the tokenizer adds one on encode; nothing
+    for ``chat`` (templates write their own BOS text). PRM examples and policy prompts both start so."""
     if template == "chat" or tokenizer.bos_token_id is None:
         return []
     ids = tokenizer("x", add_special_tokens=True)["input_ids"]
@@ -197,7 +209,7 @@ def tokenize_records(
     flat_steps = [s for r in cleaned for s in r.steps]
     step_ids = tokenizer(flat_steps, add_special_tokens=False)["input_ids"] if flat_steps else []
     sep_ids = tokenizer.encode(cfg.step_separator, add_special_tokens=False) if cfg.step_separator else []
-    bos = _bos_ids(tokenizer, cfg.template)
+    bos = bos_ids(tokenizer, cfg.template)
 
     examples: list[dict[str, Any]] = []
     k = 0

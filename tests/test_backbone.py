@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spare_train.backbone import BackboneConfig, LoraSettings, load_backbone, trainable_names, unwrap
+from spare_train.models.backbone import BackboneConfig, LoraSettings, load_backbone, unwrap
+from spare_train.models.checkpoint import trainable_names
 
 CORPUS = [
     "Solve step by step. What is 2 + 3 * 4? 3 * 4 = 12. 2 + 12 = 14. The answer is 14.",

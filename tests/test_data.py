@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spare_train.data import LengthGroupedSampler, SpareDataModule, StepCollator, split_by_group
+from spare_train.data import LengthGroupedSampler, PRMDataModule, StepCollator, split_by_group
 from spare_train.records import Prompt, StepRecord
-from spare_train.synth import generate, write_jsonl
-from spare_train.tokenize import IGNORE
+from spare_train.records import IGNORE
+from spare_train.synth import SynthConfig, generate, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def recs(n_groups: int, per_group: int = 4) -> list[StepRecord]:
 @pytest.fixture(scope="module")
 def synth_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("synth") / "train.jsonl"
-    write_jsonl(generate(60, seed=3), path)
+    write_jsonl(generate(SynthConfig(num_questions=60, seed=3)), path)
     return path
 
 
@@ -94,7 +94,7 @@ def test_length_grouped_sampler_shards_disjointly_with_equal_counts():
 
 
 def test_datamodule_end_to_end_on_synthetic_spare_data(synth_file, tmp_path):
-    dm = SpareDataModule(train=str(synth_file), tokenizer="tiny", batch_size=4, val_fraction=0.2, seed=0,
+    dm = PRMDataModule(train=str(synth_file), tokenizer="tiny", batch_size=4, val_fraction=0.2, seed=0,
                          cache_dir=str(tmp_path / "cache"))
     dm.setup("fit")
     assert dm.report.read == 240 and dm.report.kept == 240
@@ -105,17 +105,28 @@ def test_datamodule_end_to_end_on_synthetic_spare_data(synth_file, tmp_path):
     picked = ids.gather(1, batch["label_positions"])
     assert (picked[batch["step_mask"]] == dm.tag_id).all()
     assert ((batch["step_labels"] == 0) | (batch["step_labels"] == 1))[batch["step_mask"]].all()
-    assert len(list((tmp_path / "cache").glob("tokenized-*.arrow"))) == 2
+    assert len(list((tmp_path / "cache").glob("prm-*"))) == 2
     # a second module over the same data hits the cache and reports the same
-    dm2 = SpareDataModule(train=str(synth_file), tokenizer="tiny", batch_size=4, val_fraction=0.2, seed=0,
-                          cache_dir=str(tmp_path / "cache"))
+    dm2 = PRMDataModule(train=str(synth_file), tokenizer="tiny", batch_size=4, val_fraction=0.2, seed=0,
+                        cache_dir=str(tmp_path / "cache"))
     dm2.setup("fit")
     assert dm2.datasets["train"]["input_ids"] == dm.datasets["train"]["input_ids"]
-    assert len(list((tmp_path / "cache").glob("tokenized-*.arrow"))) == 2
+    assert len(list((tmp_path / "cache").glob("prm-*"))) == 2
+
+
+def test_cache_hit_reports_what_tokenising_reported(synth_file, tmp_path):
+    """Rejections and truncations of a cached tokenisation are replayed into the new report."""
+    kw = dict(train=str(synth_file), tokenizer="tiny", max_length=75, val_fraction=0.0, cache_dir=str(tmp_path))
+    first = PRMDataModule(**kw)
+    first.setup("fit")
+    second = PRMDataModule(**kw)
+    second.setup("fit")
+    assert first.report.notes["records_truncated"] > 0
+    assert second.report.to_dict() == first.report.to_dict()
 
 
 def test_datamodule_reports_too_long_records_and_keeps_the_sum(synth_file):
-    dm = SpareDataModule(train=str(synth_file), tokenizer="tiny", max_length=75, val_fraction=0.0)
+    dm = PRMDataModule(train=str(synth_file), tokenizer="tiny", max_length=75, val_fraction=0.0)
     dm.setup("fit")
     rep = dm.report
     assert rep.read == 240 and rep.kept + len(rep.rejected) == rep.read
@@ -124,7 +135,7 @@ def test_datamodule_reports_too_long_records_and_keeps_the_sum(synth_file):
 
 
 def test_datamodule_applies_label_policies(synth_file):
-    dm = SpareDataModule(train=str(synth_file), tokenizer="tiny", val_fraction=0.0, label_policy=["first_error"])
+    dm = PRMDataModule(train=str(synth_file), tokenizer="tiny", val_fraction=0.0, label_policy=["first_error"])
     dm.setup("fit")
     for labels in dm.datasets["train"]["step_labels"]:
         assert 0.0 not in labels[:-1]  # nothing after the first error is left
@@ -134,7 +145,7 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import lightning as L, torch
-    from spare_train.data import SpareDataModule
+    from spare_train.data import PRMDataModule
 
     class Spy(L.LightningModule):
         def __init__(self):
@@ -150,7 +161,7 @@ DDP_SCRIPT = textwrap.dedent(
             with open(f"{sys.argv[2]}/rank{self.global_rank}.json", "w") as f:
                 json.dump(self.seen, f)
 
-    dm = SpareDataModule(train=sys.argv[1], tokenizer="tiny", batch_size=4, val_fraction=0.0)
+    dm = PRMDataModule(train=sys.argv[1], tokenizer="tiny", batch_size=4, val_fraction=0.0)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Spy(), dm)
@@ -197,7 +208,7 @@ def test_packing_collator_packs_first_fit_and_offsets_positions():
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_packed_rows_give_the_same_hidden_states_at_tags_as_unpadded_examples(impl):
     from spare_train.assets import tiny_model
-    from spare_train.data import packed_attention_mask
+    from spare_train.prm.heads import packed_attention_mask
 
     model = tiny_model("llama").eval()
     model.set_attn_implementation(impl)

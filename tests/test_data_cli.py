@@ -8,22 +8,28 @@ from pathlib import Path
 import pytest
 
 from spare_train.cli import main
-from spare_train.data_cli import normalize_argv
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GSM8K = SHARED / "data" / "gsm8k" / "model_solutions.jsonl"
 
 
-def test_normalize_argv_accepts_dashes_and_bare_flags():
-    assert normalize_argv(["--num-questions", "3", "--strict", "--input=a-b.jsonl"]) == [
-        "--num_questions", "3", "--strict=true", "--input=a-b.jsonl",
-    ]
-    assert normalize_argv(["--strict", "false"]) == ["--strict", "false"]
+def test_every_command_parses_its_typed_signature(capsys):
+    """One spelling everywhere: underscores, bare boolean flags, help from the docstrings."""
+    for command in (["data", "convert"], ["data", "prepare"], ["data", "synth"], ["evaluate"], ["export"], ["score"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: spare-train " + " ".join(command) in text
+    with pytest.raises(SystemExit):
+        main(["data", "convert", "--help"])
+    text = capsys.readouterr().out
+    assert "--reader_options" in text and "--strict, --no_strict" in text and "reader name" in text
 
 
 def test_synth_then_convert_round_trip(tmp_path, capsys):
     raw, out, rep = tmp_path / "s.jsonl", tmp_path / "c.jsonl", tmp_path / "r.json"
-    assert main(["data", "synth", "--num-questions", "5", "--seed", "7", "--output", str(raw)]) == 0
+    assert main(["data", "synth", "--num_questions", "5", "--seed", "7", "--output", str(raw)]) == 0
     assert len(raw.read_text().splitlines()) == 20
     assert main(["data", "convert", "--format", "spare", "--input", str(raw), "--output", str(out),
                  "--report", str(rep)]) == 0
@@ -37,7 +43,7 @@ def test_synth_then_convert_round_trip(tmp_path, capsys):
 
 def test_convert_rejects_and_reports_bad_lines_and_strict_stops(tmp_path, capsys):
     raw = tmp_path / "s.jsonl"
-    main(["data", "synth", "--num-questions", "2", "--output", str(raw)])
+    main(["data", "synth", "--num_questions", "2", "--output", str(raw)])
     with raw.open("a") as f:
         f.write("{not json\n")
     rep = tmp_path / "r.json"
@@ -67,11 +73,11 @@ def test_convert_whole_shared_gsm8k_file(tmp_path):
 
 def test_prepare_writes_splits_report_and_shows_examples(tmp_path, capsys):
     raw = tmp_path / "s.jsonl"
-    main(["data", "synth", "--num-questions", "20", "--output", str(raw)])
+    main(["data", "synth", "--num_questions", "20", "--output", str(raw)])
     cfg = tmp_path / "recipe.yaml"
     cfg.write_text(
         "model:\n  class_path: spare_train.prm.PRMModule\n"
-        f"data:\n  class_path: spare_train.data.SpareDataModule\n  init_args:\n    train: {raw}\n"
+        f"data:\n  class_path: spare_train.data.PRMDataModule\n  init_args:\n    train: {raw}\n"
         "    tokenizer: tiny\n    val_fraction: 0.25\n    label_policy: [first_error]\n"
     )
     out = tmp_path / "prepared"

@@ -1,19 +1,16 @@
-"""``spare-train evaluate`` with fake scores and a fake reader / PRM: no model is loaded."""
+"""``spare-train evaluate``: metrics of records and scores by hand, and the command on a real export."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
-import sys
-import types
 
 import pytest
 from rich.console import Console
 
-from spare_train.evaluate import evaluate_scores, format_table, main
+from spare_train.prm.evaluate import _jsonable, evaluate_scores, format_table
 from spare_train.records import Prompt, StepRecord
-from spare_train.report import Report
 
 
 def _rec(rid, group, labels, outcome, answer):
@@ -84,41 +81,44 @@ def test_format_table():
     assert "–" in text and "optimistic" not in text and "0.500" in text
 
 
-@pytest.fixture
-def fake_backends(monkeypatch):
-    calls = {}
+@pytest.mark.slow
+def test_evaluate_command_on_an_export_with_a_small_max_length(tmp_path, capsys):
+    """spare-train evaluate counts only scored steps: an export whose max_length cuts trailing
+    steps reports them as unscored, and `score`, `evaluate` and the metric functions agree."""
+    from test_backbone import tiny_folder
 
-    def read_records(fmt, paths, strict=False, **options):
-        calls["read"] = (fmt, paths, strict)
-        report = Report()
-        report.count_read(len(RECORDS))
-        return list(RECORDS), report
+    from spare_train.cli import main
+    from spare_train.formats import read_records
+    from spare_train.models.backbone import BackboneConfig
+    from spare_train.prm import PRMModule, load_prm
+    from spare_train.prm.export import export_module
+    from spare_train.synth import SynthConfig, generate, write_jsonl
+    from spare_train.tokenize import FormatConfig
 
-    class FakePRM:
-        def score(self, records, batch_size=8):
-            calls["batch_size"] = batch_size
-            return [list(s) for s in SCORES]
-
-    monkeypatch.setitem(sys.modules, "spare_train.formats", types.SimpleNamespace(read_records=read_records))
-    monkeypatch.setitem(sys.modules, "spare_train.scoring", types.SimpleNamespace(load_prm=lambda d: FakePRM()))
-    return calls
-
-
-def test_main_writes_json(fake_backends, tmp_path, capsys):
+    data = write_jsonl(generate(SynthConfig(num_questions=12, seed=2)), tmp_path / "d.jsonl")
+    module = PRMModule(backbone=BackboneConfig(name_or_path=tiny_folder(tmp_path / "base")),
+                       prompt_format=FormatConfig(max_length=96))  # fmt: skip
+    module.configure_model()
+    export = export_module(module, tmp_path / "prm")
     out = tmp_path / "m.json"
-    argv = ["--model", "m", "--data", "d.jsonl", "--format", "spare", "--tau", "0.5",
-            "--batch_size", "4", "--output", str(out)]
-    assert main(argv) == 0
-    assert fake_backends == {"read": ("spare", "d.jsonl", False), "batch_size": 4}
-    result = json.loads(out.read_text())
-    assert result["metrics"]["first_error/f1"] == pytest.approx(2 / 3)
-    assert result["read"]["kept"] == 5
-    assert "first-error F1" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(export), "--data", str(data), "--tau", "0.5", "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    records, _ = read_records("spare", str(data))
+    scores = load_prm(export).score(records)
+    unscored = sum(x is None for s in scores for x in s)
+    labeled_scored = sum(x is not None for s in scores for x in s)
+    assert unscored > 0, "max_length=96 should cut trailing steps"
+    assert metrics["step/num_unscored"] == unscored and metrics["step/num_steps"] == labeled_scored
+    assert metrics == pytest.approx(json.loads(json.dumps(_jsonable(evaluate_scores(records, scores, tau=0.5)))),
+                                    nan_ok=True)  # fmt: skip
+    assert main(["score", "--model", str(export), "--input", str(data), "--output", str(tmp_path / "s.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert sum(x is None for r in rows for x in r["step_scores"]) == unscored
 
 
-def test_main_help_documents_options(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    assert "--tau" in text and "First-error threshold" in text and "--output" in text
+def test_references_are_left_out_of_ranking_by_default():
+    ref = StepRecord("q2#ref", "q2", Prompt("q?"), ["gold"], [None], outcome=1, answer="4", is_reference=True)
+    m = evaluate_scores([*RECORDS, ref], [*SCORES, [0.99]], tau=0.5)
+    assert m["bon/min"] == 0.5 and m["bon/oracle"] == 0.5  # as without the reference
+    with_ref = evaluate_scores([*RECORDS, ref], [*SCORES, [0.99]], tau=0.5, include_references=True)
+    assert with_ref["bon/min"] == 1.0 and with_ref["bon/oracle"] == 1.0  # the gold answer wins q2

@@ -18,10 +18,13 @@ import torch
 from test_backbone import tiny_folder
 from test_prm import loader, records, trainer
 
-from spare_train.backbone import BackboneConfig, LoraSettings
-from spare_train.export import load_checkpoint, main, module_from_checkpoint
+from spare_train.cli import main as cli
+from spare_train.models.backbone import BackboneConfig, LoraSettings
+from spare_train.models.hf import load_checkpoint
 from spare_train.prm import PRMModule
-from spare_train.scoring import PRM, load_prm
+from spare_train.prm.card import EXAMPLE
+from spare_train.prm.export import module_from_checkpoint
+from spare_train.prm.scoring import PRM, load_prm
 from spare_train.tokenize import render_text
 
 
@@ -42,6 +45,16 @@ def train_and_save(path, **module_kw) -> PRMModule:
 def module_scores(module: PRMModule) -> list[list[float]]:
     tag = module.tokenizer.encode(module.format_config.step_tag, add_special_tokens=False)[0]
     return PRM(module.model, module.head, module.tokenizer, module.format_config, tag).score(records(4))
+
+
+def main(argv: list[str]) -> int:
+    """``spare-train export ARGV``."""
+    return cli(["export", *argv])
+
+
+def card_snippet(folder) -> str:
+    card = (folder / "README.md").read_text()
+    return re.search(r"## Scoring with plain transformers\n\n.*?```python\n(.*?)```", card, re.S).group(1)
 
 
 def assert_close(a, b, tol=1e-5):
@@ -78,25 +91,29 @@ def test_head_a_export_matches_module(lora_run, tmp_path, merge):
 
 
 @pytest.mark.slow
-def test_model_card_snippet_runs_with_plain_transformers(lora_run, tmp_path):
-    ckpt, module, want = lora_run
-    main([str(ckpt), str(tmp_path), "--merge"])
-    card = (tmp_path / "README.md").read_text()
-    snippet = re.search(r"## Scoring with plain transformers\n\n```python\n(.*?)```", card, re.S).group(1)
-    assert len(snippet.strip().splitlines()) <= 5 and "spare_train" not in snippet
-    rec = records(4)[0]
-    text = render_text(rec, module.tokenizer, module.format_config)
-    scope = {"PATH": str(tmp_path), "text": text}
-    exec(snippet, scope)
-    assert_close(scope["step_scores"], want[0])
-    # the card's own input-format recipe renders the same scores
-    fmt = re.search(r"## Input format\n\n```python\n(.*?)```", card, re.S).group(1)
-    scope2 = {"tok": scope["tok"], "steps": rec.steps, "question": rec.prompt.question,
-              "instruction": rec.prompt.instruction}  # fmt: skip
-    exec(fmt, scope2)
-    scope3 = {"PATH": str(tmp_path), "text": scope2["text"]}
-    exec(snippet, scope3)
-    assert_close(scope3["step_scores"], want[0])
+def test_model_card_snippet_runs_as_copied_in_a_clean_process(lora_run, tmp_path):
+    """The card's snippet is a whole script: run verbatim in a fresh interpreter without
+    spare-train's help, it prints the same step scores as `spare-train score`."""
+    import subprocess
+    import sys
+
+    ckpt, module, _ = lora_run
+    out = tmp_path / "prm"
+    main([str(ckpt), str(out), "--merge"])
+    snippet = card_snippet(out)
+    assert "spare_train" not in snippet
+    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    src = tmp_path / "example.jsonl"
+    prompt = [{"role": "system", "content": EXAMPLE["instruction"]}, {"role": "user", "content": EXAMPLE["question"]}]
+    src.write_text(json.dumps({"id": "x", "prompt": prompt, "completions": EXAMPLE["steps"], "labels": [True] * 3}))
+    assert cli(["score", "--model", str(out), "--input", str(src), "--format", "stepwise",
+                "--output", str(tmp_path / "s.jsonl")]) == 0  # fmt: skip
+    want = json.loads((tmp_path / "s.jsonl").read_text())["step_scores"]
+    assert len(printed) == len(EXAMPLE["steps"]) == len(want)
+    assert_close(printed, want)
 
 
 @pytest.mark.slow
@@ -110,7 +127,7 @@ def test_head_b_export_loads_as_token_classifier(folder, tmp_path, kind, cls):
     out = tmp_path / "out"
     main([str(tmp_path / "b.ckpt"), str(out), "--merge"])
     if kind == "mlp":
-        import spare_train.modeling_prm  # noqa: F401
+        import spare_train.prm.modeling  # noqa: F401
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert type(model).__name__ == cls
     assert_close(load_prm(out).score(records(4)), want)
@@ -137,7 +154,7 @@ def test_qlora_checkpoint_exports_unquantised(folder, tmp_path):
     assert module.backbone_cfg.quantization is None
     main([str(tmp_path / "q.ckpt"), str(tmp_path / "out"), "--merge"])
     scores = load_prm(tmp_path / "out").score(records(4))
-    assert all(0.0 < s < 1.0 for row in scores for s in row if not math.isnan(s))
+    assert all(0.0 < s < 1.0 for row in scores for s in row if s is not None)
     assert_close(scores[0], module_scores(module)[0])
 
 
@@ -145,7 +162,7 @@ def test_qlora_checkpoint_exports_unquantised(folder, tmp_path):
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_head_b_adapter_loads_with_transformers_and_peft(folder, tmp_path, kind):
     """Train-free: random non-zero LoRA, new-token rows and score, exported as a TOKEN_CLS adapter."""
-    from spare_train.export import export_module
+    from spare_train.prm.export import export_module
 
     module = PRMModule(backbone=BackboneConfig(name_or_path=folder, lora=LoraSettings(r=4, alpha=8, dropout=0.0)),
                        head="classifier", classifier_type=kind)  # fmt: skip
@@ -167,11 +184,9 @@ def test_head_b_adapter_loads_with_transformers_and_peft(folder, tmp_path, kind)
     assert info["adapter"] and info["classifier_type"] == kind
 
     # the model card's snippet: plain transformers + peft (+ the registered class for the MLP head)
-    card = (tmp_path / "README.md").read_text()
-    snippet = re.search(r"## Scoring with plain transformers\n\n```python\n(.*?)```", card, re.S).group(1)
-    load = snippet[: snippet.index("ids = ")].strip().splitlines()
-    assert len(load) <= 5 and ("AutoPeftModelForTokenClassification" if kind == "linear" else "PeftModel") in load[0]
-    scope = {"PATH": str(tmp_path), "text": render_text(records(4)[0], module.tokenizer, module.format_config)}
+    snippet = card_snippet(tmp_path)
+    assert ("AutoPeftModelForTokenClassification" if kind == "linear" else "PeftModel.from_pretrained") in snippet
+    scope: dict = {}
     exec(snippet, scope)
     tok, model = scope["tok"], scope["model"]
     assert len(tok) == len(module.tokenizer) and type(model).__name__ == "PeftModelForTokenClassification"
@@ -183,7 +198,8 @@ def test_head_b_adapter_loads_with_transformers_and_peft(folder, tmp_path, kind)
         with torch.no_grad():
             probs = model(ids).logits[0].softmax(-1)[:, 1]
         got.append(probs[ids[0] == info["tag_id"]].tolist())
-    assert got[0] == pytest.approx(scope["step_scores"], abs=1e-6)
+    prm = load_prm(tmp_path)
+    assert_close(scope["step_scores"], prm.score_text(EXAMPLE["question"], EXAMPLE["steps"], EXAMPLE["instruction"]))
     for g, w in zip(got, want):
         assert_close(g, w)
     for g, w in zip(load_prm(tmp_path).score(records(4)), want):

@@ -8,16 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spare_train.heads import (
-    ClassifierHead,
-    LMTokenHead,
-    gather_steps,
-    last_step_mask,
-    soft_cross_entropy,
-    step_logits,
-    step_scores,
-    up_to_first_error,
-)
+from spare_train.labels import up_to_first_error
+from spare_train.prm.heads import gather_steps, step_logits, step_scores
+from spare_train.prm.heads.classifier import ClassifierHead
+from spare_train.prm.heads.lm_tokens import LMTokenHead
+from spare_train.prm.loss import last_step_mask, soft_cross_entropy
 
 IGN = -100.0
 
@@ -131,12 +126,11 @@ def test_lm_token_head_equals_full_logits_under_lora():
     got = step_scores(step_logits(model, LMTokenHead(1, 2), {"input_ids": ids, "label_positions": pos}))
     with torch.no_grad():
         full = model(input_ids=ids).logits
-        base = model.get_base_model()
         with model.disable_adapter():
             no_lora = model(input_ids=ids).logits
     assert not torch.allclose(full, no_lora)  # adapters are active in both paths
     want = full[0, pos[0]][:, [1, 2]].softmax(-1)[:, 1]
-    assert torch.allclose(got[0], want, atol=1e-5) and base is not None
+    assert torch.allclose(got[0], want, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
@@ -149,3 +143,19 @@ def test_classifier_head_shapes_and_grad(kind):
     loss.backward()
     assert all(p.grad is not None for p in head.parameters())
     assert sum(p.numel() for p in head.parameters()) == (18 if kind == "linear" else 8 * 8 + 8 + 18)
+
+
+def test_head_registry_names_both_conventions_and_refuses_unknown():
+    from spare_train.prm.heads import HEADS, get_head
+
+    assert HEADS == {"lm_tokens": LMTokenHead, "classifier": ClassifierHead}
+    assert get_head("classifier") is ClassifierHead
+    with pytest.raises(ValueError, match="unknown PRM head 'ranker'"):
+        get_head("ranker")
+
+
+def test_packed_rows_gather_each_example_from_its_row():
+    hidden = torch.arange(2 * 6 * 1, dtype=torch.float).reshape(2, 6, 1)
+    pos = torch.tensor([[1, 2], [5, 0], [0, 3]])
+    rows = torch.tensor([0, 0, 1])
+    assert gather_steps(hidden, pos, rows)[..., 0].tolist() == [[1.0, 2.0], [5.0, 0.0], [6.0, 9.0]]

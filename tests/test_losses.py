@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spare_train import losses as L
+from spare_train.policy import losses as L
 
 T = torch.tensor
 ls = lambda x: math.log(1 + math.exp(-x))  # noqa: E731  -log sigmoid(x)
@@ -96,14 +96,14 @@ def test_orpo_uses_odds_of_mean_logps():
 
 def test_kto_losses_and_reference_point():
     pol, ref = T([-1.0, -4.0]), T([-2.0, -2.0])
-    z0 = L.kto_reference_point(pol, ref)
+    z0 = L.kto_reference_point((pol - ref).sum(), T(2.0))
     assert z0.item() == 0.0  # mean log-ratio -0.5, clamped at 0
     losses, rewards = L.kto_loss(pol, ref, T([True, False]), z0, beta=1.0, desirable_weight=2.0)
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     assert losses.tolist() == pytest.approx([2 * (1 - sig(1.0)), 1 - sig(2.0)])
     assert rewards.tolist() == pytest.approx([1.0, -2.0])
     p = T([0.0, 0.0], requires_grad=True)
-    z = L.kto_reference_point(p, T([-1.0, -3.0]))
+    z = L.kto_reference_point((p - T([-1.0, -3.0])).sum(), T(2.0))
     assert z.item() == 2.0 and not z.requires_grad
 
 

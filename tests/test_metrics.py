@@ -8,10 +8,9 @@ import random
 import pytest
 import torch
 
-from spare_train.metrics import (
+from spare_train.prm.metrics import (
     PRMEvaluator,
     _first_below_per_tau,
-    aggregate,
     best_of_n,
     best_of_n_report,
     choose_tau,
@@ -22,6 +21,7 @@ from spare_train.metrics import (
     true_first_error,
     weighted_vote,
 )
+from spare_train.records import aggregate
 
 # ------------------------------------------------------------------------------------- step
 
@@ -52,7 +52,7 @@ def test_step_metrics_threshold_and_degenerate_cases():
 
 
 def _step(scores, labels, threshold=0.5):
-    from spare_train.metrics import step_metrics
+    from spare_train.prm.metrics import step_metrics
 
     return step_metrics(torch.tensor(scores), torch.tensor(labels, dtype=torch.float), threshold)
 
@@ -162,6 +162,7 @@ def test_aggregate():
     s = [0.5, 0.4]
     assert [aggregate(s, h) for h in ("min", "prod", "last", "mean")] == pytest.approx([0.4, 0.2, 0.4, 0.45])
     assert math.isnan(aggregate([], "min"))
+    assert all(math.isnan(aggregate([0.5, math.nan], h)) for h in ("min", "prod", "last", "mean"))
     with pytest.raises(ValueError):
         aggregate(s, "max")
 
@@ -272,3 +273,43 @@ def test_prm_evaluator_gathers_across_ranks():
     for rank in (0, 1):
         for key in want:
             assert results[rank][key] == pytest.approx(want[key], abs=1e-6, nan_ok=True), (rank, key)
+
+
+# ---------------------------------------------------------------------------- unscored steps
+
+
+def test_unscored_steps_are_left_out_and_counted():
+    """A step cut by max_length (score None) is not a step with a score: the toy gives AUROC 1.0,
+    not the 0.5 that counting it as NaN gave."""
+    scores = [[0.9, 0.1, None, None], [0.8, 0.7], [0.2, None]]
+    labels = [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+    report = prm_report(scores, labels, [0, 1, 0], ["q1", "q1", "q1"], ["a", "b", "a"])
+    assert report["step/auroc"] == 1.0 and report["step/acc"] == 1.0
+    assert report["step/num_steps"] == 5 and report["step/num_unscored"] == 3
+    # solution 0's first error (step 1) is scored: kept; solution 2 errs at step 0: kept
+    assert report["first_error/num_error"] == 2 and report["first_error/num_correct"] == 1
+
+
+def test_first_error_unknown_within_the_scored_steps_is_left_out():
+    # all scored steps correct but the error may sit in the unscored part: unknown, not "no error"
+    report = prm_report([[0.9, None], [0.9, 0.8]], [[1.0, 0.0], [1.0, 1.0]], [0, 1], ["q", "q"], ["a", "b"])
+    assert report["first_error/num_error"] == 0 and report["first_error/num_correct"] == 1
+
+
+@pytest.mark.parametrize("how", ["min", "prod", "last", "mean"])
+def test_best_of_n_can_pick_a_truncated_candidate(how):
+    """Aggregates use the scored steps, so a truncated candidate competes (it never won before)."""
+    scores = [[0.9, 0.95, None], [0.5, 0.4]]
+    assert best_of_n(["q", "q"], scores, [1, 0], how) == 1.0
+    assert best_of_n(["q", "q"], [[None, None], [0.5]], [1, 0], how) == 0.0  # nothing scored: never picked
+
+
+def test_nan_scores_make_every_score_metric_nan():
+    """A broken model (NaN scores) cannot pass as good: NaN is never "lowest" or "highest"."""
+    scores = [[math.nan, math.nan], [math.nan]]
+    report = prm_report(scores, [[1.0, 0.0], [1.0]], [0, 1], ["q", "q"], ["a", "b"])
+    for key in ("step/auroc", "step/acc", "first_error/f1", "bon/min", "bon/mean", "vote/prm_weighted_min"):
+        assert math.isnan(report[key]), key
+    assert report["bon/oracle"] == 1.0 and report["bon/random"] == 0.5  # score-free figures stay
+    assert math.isnan(best_of_n(["q", "q"], [[0.9], [math.nan]], [1, 0], "min"))
+    assert math.isnan(weighted_vote(["q", "q"], ["a", "b"], [1, 0], [0.5, math.nan]))

@@ -13,7 +13,7 @@ from spare_train.pairs import (
     pareto,
     rft_view,
     score,
-    step_dpo_pairs,
+    step_dpo_pair,
     step_dpo_prefix,
     strict_pareto,
 )
@@ -148,26 +148,81 @@ def test_rft_view_all_correct_or_threshold():
     assert [r.id[-1] for r in rft_view(records)] == ["a"]  # d has an unlabeled step
     assert [r.id[-1] for r in rft_view(records, threshold=0.6)] == ["a", "b", "d"]
     assert [r.id[-1] for r in rft_view(records, threshold=0.6, require_outcome=False)] == ["a", "b", "c", "d"]
-    assert [r.id[-1] for r in rft_view(records, threshold=0.6, aggregate="min")] == ["a", "d"]
+    assert [r.id[-1] for r in rft_view(records, threshold=0.6, how="min")] == ["a", "d"]
 
 
 def test_step_dpo_prefix_is_the_shared_steps_before_the_first_error():
-    chosen = ["s1", "s2", "s3", "end"]
-    assert step_dpo_prefix(chosen, ["s1", "s2", "x3", "end2"], [1, 1, 0, 0]) == 2
-    assert step_dpo_prefix(chosen, ["x1", "x2"], [0, 0]) == 0  # error at the first step: empty prefix
-    assert step_dpo_prefix(chosen, ["s1", "s2", "x3"], [1, None, 0]) == 2  # unlabeled steps skipped
-    assert step_dpo_prefix(chosen, ["s1", "y2", "x3"], [1, 1, 0]) is None  # diverge before the error
-    assert step_dpo_prefix(chosen, ["s1", "s2"], [1, 1]) is None  # no error
-    assert step_dpo_prefix(chosen, ["s1", "s2", "s3", "end"], [1, 1, 1, 0]) is None  # same step at the error
-    assert step_dpo_prefix(["s1"], ["s1", "x2"], [1, 0]) is None  # chosen ends before it
+    def chosen(steps=("s1", "s2", "s3", "end"), labels=(1, 1, 1, 1), outcome=1, **kw):
+        return rec("c", list(labels), outcome, steps=list(steps), **kw)
+
+    def rejected(steps, labels):
+        return rec("r", labels, 0, steps=steps)
+
+    assert step_dpo_prefix(chosen(), rejected(["s1", "s2", "x3", "end2"], [1, 1, 0, 0])) == 2
+    assert step_dpo_prefix(chosen(), rejected(["x1", "x2"], [0, 0])) == 0  # error at the first step: empty prefix
+    assert step_dpo_prefix(chosen(), rejected(["s1", "s2", "x3"], [1, None, 0])) == 2  # unlabeled steps skipped
+    assert step_dpo_prefix(chosen(), rejected(["s1", "y2", "x3"], [1, 1, 0])) is None  # diverge before the error
+    assert step_dpo_prefix(chosen(), rejected(["s1", "s2"], [1, 1])) is None  # no error
+    assert step_dpo_prefix(chosen(), rejected(["s1", "s2", "s3", "end"], [1, 1, 1, 0])) is None  # same step
+    assert step_dpo_prefix(chosen(steps=["s1"], labels=[1]), rejected(["s1", "x2"], [1, 0])) is None  # too short
+
+
+def test_step_dpo_chosen_step_must_be_labelled_correct_in_a_correct_solution():
+    bad = rec("r", [1, 0, 0], 0, steps=["a", "x", "y"])
+    wrong_step = rec("c", [1, 0, 1], 1, steps=["a", "z", "w"])  # its own step 2 is INCORRECT
+    wrong_outcome = rec("c", [1, 1, 0], 0, steps=["a", "z", "w"])  # right step, wrong final answer
+    unlabeled_step = rec("c", [1, None, 1], 1, steps=["a", "z", "w"])
+    good = rec("c", [1, 1, 1], 1, steps=["a", "z", "w"])
+    ref = rec("ref", [None, None, None], 1, steps=["a", "z", "w"], is_reference=True)
+    assert step_dpo_prefix(wrong_step, bad) is None
+    assert step_dpo_prefix(wrong_outcome, bad) is None
+    assert step_dpo_prefix(unlabeled_step, bad) is None
+    assert step_dpo_prefix(good, bad) == 1
+    assert step_dpo_prefix(ref, bad) == 1  # the reference's steps are correct by definition
+
+
+def test_step_dpo_pairs_never_prefer_an_incorrect_step_on_random_labels():
+    import random
+
+    rng = random.Random(0)
+    records = []
+    for q in range(40):
+        for k in range(6):
+            steps = [f"s{j}-{rng.randint(0, 1)}" for j in range(4)]
+            records.append(rec(f"{k}", [float(rng.random() < 0.6) for _ in steps], rng.randint(0, 1), f"q{q}", steps=steps))
+    for comparator in ("pareto", "strict_pareto", "greater_than"):
+        pairs, _ = build_pairs(records, comparator=comparator, max_pairs_per_question=None, keep=step_dpo_pair)
+        assert pairs, comparator
+        for p in pairs:
+            e = p.shared_steps
+            assert p.chosen.outcome == 1 and p.chosen.labels[e] == 1.0 and p.rejected.labels[e] == 0.0
+
+
+def test_step_dpo_cap_comes_after_the_filter():
+    """Valid Step-DPO pairs are not lost to a cap drawn over pairs the filter then drops."""
+    good = [rec(f"g{i}", [1, 1], 1, steps=["a", f"b{i}"]) for i in range(3)]
+    other = [rec(f"o{i}", [0, 0], 0, steps=[f"z{i}", "y"]) for i in range(6)]  # diverge at step 0: valid
+    near = rec("n", [1, 0], 0, steps=["a", "x"])  # shares step 0 with the good ones: valid
+    pairs, report = build_pairs(good + other + [near], max_pairs_per_question=None, keep=step_dpo_pair)
+    assert len(pairs) == 3 * 7 and report.filtered_out == 0
+    capped, _ = build_pairs(good + other + [near], max_pairs_per_question=5, keep=step_dpo_pair)
+    assert len(capped) == 5
+    # mostly-invalid pool: 2 valid pairs among many that diverge before the error
+    invalid = [rec(f"x{i}", [1, 1, 0], 0, steps=[f"u{i}", "v", "w"]) for i in range(10)]
+    valid = rec("v", [1, 1, 0], 0, steps=["a", "b0", "w"])
+    chosen = rec("c", [1, 1, 1], 1, steps=["a", "b0", "k"])
+    pairs, report = build_pairs([chosen, valid, *invalid], max_pairs_per_question=2, keep=step_dpo_pair)
+    assert [(p.chosen.id, p.rejected.id) for p in pairs] == [("q#c", "q#v")]
+    assert report.filtered_out == 10
 
 
 def test_step_dpo_pairs_keep_valid_pairs_and_share_the_preamble():
     ref = rec("ref", [None] * 3, 1, steps=["a", "b", "c"], is_reference=True)
     cand = rec("bad", [1, 0, 0], 0, steps=["a", "x", "y"], preamble="Let's think.")
     other = rec("other", [0, 0, 0], 0, steps=["z", "x", "y"])
-    pairs, _ = build_pairs([ref, cand, other], reference_as_chosen=True, max_pairs_per_question=None)
-    kept, dropped = step_dpo_pairs(pairs)
+    kept, report = build_pairs([ref, cand, other], reference_as_chosen=True, max_pairs_per_question=None,
+                               keep=step_dpo_pair)  # fmt: skip
     assert [(p.chosen.id, p.rejected.id, p.shared_steps) for p in kept] == [("q#ref", "q#bad", 1), ("q#ref", "q#other", 0)]
     assert kept[0].chosen.preamble == "Let's think."
-    assert dropped == len(pairs) - 2
+    all_pairs, _ = build_pairs([ref, cand, other], reference_as_chosen=True, max_pairs_per_question=None)
+    assert report.filtered_out == len(all_pairs) - 2

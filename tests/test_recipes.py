@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spare_train.lightning_cli import make_cli
+from spare_train.cli import lightning_cli as make_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))

@@ -9,11 +9,11 @@ import pytest
 from test_backbone import tiny_folder
 from test_prm import records
 
-from spare_train.backbone import BackboneConfig
+from spare_train.models.backbone import BackboneConfig
 from spare_train.cli import main as cli
-from spare_train.export import export_module
+from spare_train.prm.export import export_module
 from spare_train.prm import PRMModule
-from spare_train.scoring import load_prm
+from spare_train.prm.scoring import load_prm
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +38,19 @@ def test_score_keeps_order_and_marks_truncated_steps(exported):
     recs = records(4)
     scores = prm.score(recs, batch_size=3)
     assert [len(s) for s in scores] == [len(r.steps) for r in recs]
-    truncated = [s for s in scores if any(math.isnan(x) for x in s)]
+    truncated = [s for s in scores if None in s]
     assert truncated, "max_length=60 should cut a step somewhere"
-    for row in truncated:  # whole trailing steps are dropped, never a middle one
-        first_nan = next(i for i, x in enumerate(row) if math.isnan(x))
-        assert all(math.isnan(x) for x in row[first_nan:])
+    for row in truncated:  # whole trailing steps are unscored (None), never a middle one
+        first = row.index(None)
+        assert all(x is None for x in row[first:]) and all(isinstance(x, float) for x in row[:first])
     # batch size and order do not change scores
     again = prm.score(list(reversed(recs)), batch_size=1)[::-1]
     for a, b in zip(scores, again):
-        assert [x for x in a if not math.isnan(x)] == pytest.approx([x for x in b if not math.isnan(x)], abs=1e-5)
+        assert [x is None for x in a] == [x is None for x in b]
+        assert [x for x in a if x is not None] == pytest.approx([x for x in b if x is not None], abs=1e-5)
     r = recs[0]
-    assert prm.score_text(r.prompt.question, r.steps, r.prompt.instruction) == pytest.approx(scores[0], abs=1e-5, nan_ok=True)
+    got = prm.score_text(r.prompt.question, r.steps, r.prompt.instruction)
+    assert [x for x in got if x is not None] == pytest.approx([x for x in scores[0] if x is not None], abs=1e-5)
 
 
 @pytest.mark.parametrize("how", ["min", "prod", "last", "mean"])

@@ -20,6 +20,11 @@ OPS = {"add": "+", "subtract": "-", "multiply by": "*"}
 APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
+def gen(num_questions: int, **kw):
+    """``synth.generate`` of a ``SynthConfig`` with these settings."""
+    return synth.generate(synth.SynthConfig(num_questions=num_questions, **kw))
+
+
 def parse_question(row: dict) -> tuple[int, list[tuple[str, int]]]:
     text = f"{row.get('context', '')} {row['question']}"
     start = int(re.search(r"Start with (\d+)\.", text).group(1))
@@ -62,13 +67,13 @@ def judge(row: dict) -> tuple[list[str], str | None, int]:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    return synth.generate(150, seed=11, preamble_rate=0.2, malformed_rate=0.2, context_rate=0.2)
+    return gen(150, seed=11, preamble_rate=0.2, malformed_rate=0.2, context_rate=0.2)
 
 
 def test_same_seed_same_bytes_different_seed_different(tmp_path):
-    a = synth.write_jsonl(synth.generate(30, seed=5), tmp_path / "a.jsonl")
-    b = synth.write_jsonl(synth.generate(30, seed=5), tmp_path / "b.jsonl")
-    c = synth.write_jsonl(synth.generate(30, seed=6), tmp_path / "c.jsonl")
+    a = synth.write_jsonl(gen(30, seed=5), tmp_path / "a.jsonl")
+    b = synth.write_jsonl(gen(30, seed=5), tmp_path / "b.jsonl")
+    c = synth.write_jsonl(gen(30, seed=6), tmp_path / "c.jsonl")
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
     assert len(a.read_text(encoding="utf-8").splitlines()) == 30 * 4
@@ -111,7 +116,7 @@ def test_reference_is_correct_and_numbers_stay_small(rows):
 
 
 def test_all_error_types_occur_and_about_half_the_candidates_are_wrong():
-    many = synth.generate(400, seed=3)
+    many = gen(400, seed=3)
     types = Counter(
         g.get("error_type") for row in many for g in json_repair.loads(row["grading"])
     )
@@ -121,13 +126,13 @@ def test_all_error_types_occur_and_about_half_the_candidates_are_wrong():
 
 
 def test_error_rate_and_type_options():
-    assert all(r["em"] == 1 for r in synth.generate(20, seed=1, error_rate=0.0))
-    only = synth.generate(40, seed=1, error_rate=1.0, error_types=("calculation",))
+    assert all(r["em"] == 1 for r in gen(20, seed=1, error_rate=0.0))
+    only = gen(40, seed=1, error_rate=1.0, error_types=("calculation",))
     assert all(r["em"] == 0 for r in only)
     kinds = {judge(r)[1] for r in only}
     assert kinds <= {"calculation", "copy"}  # copy only for a wrong final "The answer is" step
     with pytest.raises(ValueError):
-        synth.generate(1, seed=0, error_types=("nonsense",))
+        gen(1, seed=0, error_types=("nonsense",))
 
 
 def test_grading_is_a_json_string_some_slightly_malformed(rows):
@@ -188,9 +193,9 @@ def test_shipped_files_are_what_the_documented_command_makes(tmp_path):
 
 def test_train_and_test_splits_never_share_a_question():
     small = dict(max_start=9, max_addend=3, max_multiplier=2, max_value=9)
-    train = {r["question"] for r in synth.generate(300, seed=0, split="train", **small)}
-    test = {r["question"] for r in synth.generate(100, seed=1, split="test", **small)}
+    train = {r["question"] for r in gen(300, seed=0, split="train", **small)}
+    test = {r["question"] for r in gen(100, seed=1, split="test", **small)}
     assert train and test and not train & test
-    assert synth.generate(10, seed=4) == synth.generate(10, seed=4, split="all")
+    assert gen(10, seed=4) == gen(10, seed=4, split="all")
     with pytest.raises(ValueError):
-        synth.generate(1, seed=0, split="validation")
+        gen(1, seed=0, split="validation")

@@ -6,6 +6,8 @@ line that is not JSON. Nothing here knows about any annotation format.
 
 Decisions worth knowing:
 
+* **Bundled files.** ``bundled:synth/train.jsonl`` is the synthetic data shipped with the
+  package (:func:`spare_train.assets.resolve_bundled`), so recipes run installed or checked out.
 * **Shards.** A folder means its ``*.jsonl``, ``*.json`` and ``*.parquet`` files (not
   recursive), sorted by name; other files are skipped with the note ``ignored_file``.
 * **Line numbers.** JSONL: the 1-based physical line (blank lines are skipped but still
@@ -24,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from spare_train.assets import resolve_bundled
 from spare_train.records import Source
 from spare_train.report import DataError, Report
 
@@ -44,7 +47,7 @@ def expand_paths(paths: str | Path | list[str | Path], report: Report) -> list[s
         raise DataError("no_input", "no input paths given")
     out: list[str] = []
     for item in items:
-        text = str(item)
+        text = resolve_bundled(str(item))
         if text.startswith(HF_PREFIX):
             out.append(text)
             continue

@@ -1,0 +1,178 @@
+"""PRM examples and batches: records tokenised with step-tag positions, padded or packed.
+
+The shared data path (read, label policies, report, split, cache) is
+:class:`spare_train.data.base.AnnotationDataModule`; this module adds what a PRM needs: the step
+tag, tokenisation by :func:`spare_train.tokenize.tokenize_records` (the function scoring uses too)
+and the :class:`StepCollator` (right-padding, or first-fit packing).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from spare_train.data.base import AnnotationDataModule, cached_dataset, records_fingerprint, tokenizer_fingerprint
+from spare_train.labels import PolicySpec
+from spare_train.records import IGNORE, StepRecord
+from spare_train.tokenize import FormatConfig, features, tokenize_records
+
+
+class StepCollator:
+    """Right-pads tokenised examples into the batch of docs/architecture.md.
+
+    With ``pack_length``, examples are packed first-fit, in order, into rows of at most that many
+    tokens (less padding for short examples). The batch then also carries ``position_ids``
+    (restarting per example), ``segment_ids`` (1, 2, … per example in a row, 0 padding) and
+    ``label_rows`` (the row of each example); ``label_positions`` are offsets within that row.
+    Models turn ``segment_ids`` into a block-diagonal causal mask with
+    :func:`packed_attention_mask`, so packed examples never attend to each other.
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, pack_length: int | None = None):
+        self.pad_id = pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack_length = pack_length
+
+    def _rows(self, examples: list[dict[str, Any]]) -> list[list[int]]:
+        if not self.pack_length:
+            return [[i] for i in range(len(examples))]
+        rows: list[list[int]] = []
+        used: list[int] = []
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            if n > self.pack_length:
+                raise ValueError(f"example {e['id']} has {n} tokens > pack_length={self.pack_length}")
+            for r, u in enumerate(used):
+                if u + n <= self.pack_length:
+                    rows[r].append(i)
+                    used[r] += n
+                    break
+            else:
+                rows.append([i])
+                used.append(n)
+        return rows
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        n = len(examples)
+        rows = self._rows(examples)
+        length = max(sum(len(examples[i]["input_ids"]) for i in row) for row in rows)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        steps = max(len(e["label_positions"]) for e in examples)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        segment_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        label_rows = torch.zeros(n, dtype=torch.long)
+        positions = torch.zeros((n, steps), dtype=torch.long)
+        labels = torch.full((n, steps), IGNORE, dtype=torch.float32)
+        step_mask = torch.zeros((n, steps), dtype=torch.bool)
+        for r, row in enumerate(rows):
+            start = 0
+            for seg, i in enumerate(row, start=1):
+                e = examples[i]
+                ids, pos = e["input_ids"], e["label_positions"]
+                end = start + len(ids)
+                input_ids[r, start:end] = torch.as_tensor(ids, dtype=torch.long)
+                attention_mask[r, start:end] = 1
+                position_ids[r, start:end] = torch.arange(len(ids))
+                segment_ids[r, start:end] = seg
+                label_rows[i] = r
+                positions[i, : len(pos)] = torch.as_tensor(pos, dtype=torch.long) + start
+                labels[i, : len(pos)] = torch.as_tensor(e["step_labels"], dtype=torch.float32)
+                step_mask[i, : len(pos)] = True
+                start = end
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "label_positions": positions,
+            "step_labels": labels,
+            "step_mask": step_mask,
+            "outcome": torch.tensor([float(e["outcome"]) for e in examples], dtype=torch.float32),
+            "ids": [e["id"] for e in examples],
+            "group_ids": [e["group_id"] for e in examples],
+            "answers": [e["answer"] for e in examples],
+        }
+        if self.pack_length:
+            batch |= {"position_ids": position_ids, "segment_ids": segment_ids, "label_rows": label_rows}
+        return batch
+
+
+class PRMDataModule(AnnotationDataModule):
+    """Step-annotated records as PRM training batches (the arguments of
+    :class:`~spare_train.data.base.AnnotationDataModule`, plus the step tag and packing).
+
+    Args:
+        train: training files (file, folder of shards, glob, ``hf:NAME[:split]``, or a list).
+        val: validation files; when absent, ``val_fraction`` of the training questions are held
+            out by ``group_id``.
+        test: test files (optional).
+        format: reader name (``spare``, ``stepwise``, ``math_shepherd``, ``prm800k``,
+            ``processbench``, ``gsm8k_solutions``).
+        reader_options: keyword options of the reader (e.g. ``{add_reference: true}``).
+        label_policy: label policies applied after reading, in order (``first_error``, ``hard``,
+            ``soft``, ``outcome_only``, ``{name: consensus, field: mc_labels}``).
+        tokenizer: tokenizer path or hub id (``tiny`` for the bundled one).
+        template: ``chat`` or ``plain`` rendering.
+        step_tag: the step tag (one token; added to the tokenizer when it is split).
+        max_length: tokens per example; whole trailing steps are dropped to fit.
+        batch_size: examples per batch per device.
+        val_fraction: share of questions held out when ``val`` is not given.
+        seed: seed of the hold-out split and of the sampler.
+        group_by_length: batch examples of similar length (less padding).
+        pack: pack each batch's examples into rows of ``max_length`` tokens (block-diagonal
+            attention, see :class:`StepCollator`); fewer, fuller rows for short examples.
+        num_workers: DataLoader workers.
+        cache_dir: where to cache tokenised datasets (none: in memory).
+        strict: stop at the first bad record instead of rejecting and reporting it.
+    """
+
+    def __init__(
+        self,
+        train: str | list[str] | None = None,
+        val: str | list[str] | None = None,
+        test: str | list[str] | None = None,
+        format: str = "spare",
+        reader_options: dict[str, Any] | None = None,
+        label_policy: PolicySpec | list[PolicySpec] | None = None,
+        tokenizer: str = "tiny",
+        template: Literal["chat", "plain"] = "chat",
+        step_tag: str = " ки",
+        max_length: int = 512,
+        batch_size: int = 8,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        group_by_length: bool = True,
+        pack: bool = False,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        strict: bool = False,
+    ):
+        super().__init__(
+            train=train, val=val, test=test, format=format, reader_options=reader_options,
+            label_policy=label_policy, tokenizer=tokenizer, template=template, max_length=max_length,
+            batch_size=batch_size, val_fraction=val_fraction, seed=seed, group_by_length=group_by_length,
+            num_workers=num_workers, cache_dir=cache_dir, strict=strict,
+        )  # fmt: skip
+        self.save_hyperparameters()
+
+    @property
+    def format_config(self) -> FormatConfig:
+        hp = self.hparams
+        return FormatConfig(template=hp.template, step_tag=hp.step_tag, max_length=hp.max_length)
+
+    def build_dataset(self, split: str, records: list[StepRecord]) -> Any:
+        tok, cfg = self.tokenizer, self.format_config
+        name = f"prm-{records_fingerprint(records, cfg.__dict__, tokenizer_fingerprint(tok))}"
+        return cached_dataset(
+            self.hparams.cache_dir, name, lambda rep: tokenize_records(records, tok, cfg, rep, self.tag_id),
+            features(), self.report,
+        )  # fmt: skip
+
+    def collator(self) -> StepCollator:
+        hp = self.hparams
+        return StepCollator(self.tokenizer.pad_token_id, pack_length=hp.max_length if hp.pack else None)
+
+    def example_lengths(self, ds: Any) -> list[int]:
+        return [len(x) for x in ds["input_ids"]]

@@ -1,0 +1,67 @@
+"""A trained ``PRMModule`` as a Hugging Face folder (``spare-train export`` of a PRM checkpoint).
+
+What lands in ``OUT``:
+
+* the model, as ``model.safetensors`` (``merge``: LoRA folded into full weights) or as a peft
+  adapter whose ``adapter_config.json`` names its base model (each head says how:
+  :meth:`spare_train.prm.heads.PRMHead.export`);
+* the tokenizer, including a step-tag token that training added;
+* ``spare_prm.json``: head convention, label/tag token ids and the prompt format, read by
+  :func:`spare_train.prm.scoring.load_prm`;
+* ``README.md``: a model card whose snippet scores an example with plain transformers
+  (:mod:`spare_train.prm.card`).
+
+Frozen weights are reloaded unquantised from the base model, so a QLoRA run exports
+full-precision (``backbone.dtype``) weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from spare_train.models.hf import init_args_from_checkpoint
+from spare_train.prm.card import model_card
+
+CARD_NAME = "spare_prm.json"
+
+
+def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> Any:
+    """Rebuild the ``PRMModule`` of a checkpoint with unquantised frozen weights, trained tensors loaded."""
+    from spare_train.prm.module import PRMModule
+
+    hp = init_args_from_checkpoint(PRMModule, ckpt, dtype)
+    module = PRMModule(**hp)
+    module.configure_model()
+    result = module.load_state_dict(ckpt["state_dict"], strict=hp["backbone"].lora is None)
+    if result.unexpected_keys:
+        raise KeyError(f"checkpoint tensors the rebuilt model lacks: {result.unexpected_keys[:5]}")
+    return module.eval()
+
+
+def prm_info(module: Any, adapter: bool) -> dict[str, Any]:
+    """The ``spare_prm.json`` contents: everything scoring needs besides the weights."""
+    tok, fmt = module.tokenizer, module.format_config
+    return {
+        "head": module.hparams.head,
+        "classifier_type": None,
+        "score": "softmax over (incorrect, correct) logits at each step-tag token; score = P(correct)",
+        "format": asdict(fmt),
+        "tag_id": tok.encode(fmt.step_tag, add_special_tokens=False)[0],
+        "adapter": adapter,
+        "base_model": module.backbone_cfg.name_or_path,
+        **module.head.info(tok),
+    }
+
+
+def export_module(module: Any, out: str | Path, merge: bool = True) -> Path:
+    """Write ``module`` (a configured ``PRMModule``) to ``out``; see the module docstring."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = module.head.export(module, out, merge)
+    info = prm_info(module, adapter)
+    (out / CARD_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    (out / "README.md").write_text(model_card(info, str(out)))
+    return out
