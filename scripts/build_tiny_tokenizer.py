@@ -5,7 +5,7 @@
 Deterministic: the same inputs give byte-identical files (checked by running it twice).
 
 Corpus: synthetic SPARE data from ``spare_train.synth`` (seed 12345, not a shipped split) plus
-the GSM8K questions and solutions in ``/work/shared/data/gsm8k/model_solutions.jsonl`` when that
+the GSM8K questions and solutions in ``../shared/data/gsm8k/model_solutions.jsonl`` (next to the checkout) when that
 file exists (``--gsm8k`` to point elsewhere, ``--gsm8k ''`` to skip).
 
 Design (what later code relies on):
@@ -192,7 +192,9 @@ def write_json(path: Path, obj: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "spare_train/assets/tiny"))
-    parser.add_argument("--gsm8k", default="/work/shared/data/gsm8k/model_solutions.jsonl")
+    parser.add_argument(
+        "--gsm8k", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "model_solutions.jsonl")
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     tok = build_tokenizer(corpus(args.gsm8k))

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
+from spare_train.prm.evaluator import PRMEvaluator, stable_hash
 from spare_train.prm.metrics import (
-    PRMEvaluator,
     _first_below_per_tau,
     best_of_n,
     best_of_n_report,
@@ -17,7 +17,6 @@ from spare_train.prm.metrics import (
     first_error_metrics,
     predicted_first_error,
     prm_report,
-    stable_hash,
     true_first_error,
     weighted_vote,
 )

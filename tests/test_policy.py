@@ -172,7 +172,7 @@ def test_precomputed_reference_equals_on_the_fly(data_file):
     assert sorted(cache.cache["val"]) == list(range(len(dm.datasets["val"])))
     batch = next(iter(dm.val_dataloader()))
     cache.on_validation_batch_start(None, module, batch, 0)
-    with module.policy.disable_adapter(), torch.no_grad():
+    with torch.no_grad():  # the reference is the policy as it was when precomputed, adapters included
         expect = logps(module, batch)
     mask = batch["loss_mask"]
     assert torch.allclose(batch["ref_logps"][mask], expect[mask], atol=1e-5)
@@ -188,8 +188,6 @@ def test_precomputed_reference_needs_the_pre_pass(data_file):
         PolicyModule.from_model(tiny_model("llama"), objective="dpo").compute_loss(
             next(iter(datamodule(data_file, "filtered").val_dataloader()))
         )
-    with pytest.raises(ValueError, match="mismatched"):
-        PolicyModule(objective="kto", reference="precomputed")
 
 
 # ------------------------------------------------------------------------------ KTO
@@ -235,6 +233,15 @@ def test_kto_reference_point_comes_from_mismatched_pairs(data_file):
     assert abs(float((mism - ref).mean() - own.mean())) > 1e-2  # the batch's own pairs give another estimate
     _, metrics = module.compute_loss(batch)
     assert torch.allclose(metrics["kto_z0"], want, atol=1e-5)
+    # a precomputed reference serves the mismatched rows too (their partners are fixed per example)
+    from spare_train.policy.reference import ReferenceLogps
+
+    pre = PolicyModule.from_model(policy, objective=KTO(beta=0.1), reference="precomputed")
+    cache = ReferenceLogps()
+    with policy.disable_adapter():  # the reference is the policy as it is when precomputed
+        cache.precompute(types.SimpleNamespace(world_size=1, global_rank=0), pre, "val", ds, dm.collator(), 4)
+    cache.on_validation_batch_start(None, pre, batch, 0)
+    assert torch.allclose(pre.kl_reference_point(batch), want, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ objectives
@@ -295,6 +302,13 @@ def test_lightning_fit_with_precomputed_reference_and_lora(data_file, tmp_path):
     metrics = trainer.logged_metrics
     assert torch.isfinite(metrics["train/loss"]) and 0.0 <= float(metrics["val/rewards/accuracy"]) <= 1.0
     assert trainer.global_step == 3
+    # validating the trained policy keeps the original reference (it is not recomputed from the
+    # trained policy, which would make every implicit reward 0)
+    before = cache.cache["val"]
+    again = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=1)
+    result = again.validate(module, dm, verbose=False)[0]
+    assert cache.cache["val"] is before and result["val/rewards/margin"] != 0.0
+    assert cache.state_dict()["cache"]["val"] is before  # and it travels with checkpoints
 
 
 # ------------------------------------------------------------------------------ export

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from spare_train.data.base import AnnotationDataModule, cached_dataset, records_fingerprint, tokenizer_fingerprint
 from spare_train.data.views import FilterConfig, PairingConfig, View, build_view
-from spare_train.labels import PolicySpec
 from spare_train.records import IGNORE, Prompt, StepRecord, first_error
 from spare_train.tokenize import bos_ids, chat_parts
 
@@ -271,64 +270,30 @@ class PolicyCollator:
 
 # ---------------------------------------------------------------------------- DataModule
 class PolicyDataModule(AnnotationDataModule):
-    """Reads annotation files, builds the view the objective needs, tokenises, batches.
+    """Reads annotation files, builds the view the objective needs, tokenises, batches: every
+    argument of :class:`~spare_train.data.base.AnnotationDataModule` (``train``, ``format``,
+    ``tokenizer``, ``max_length`` = prompt + response tokens, ``batch_size`` = prompts per batch …),
+    plus the view and how it is built.
 
     Args:
-        train: training files (file, folder of shards, glob, ``hf:NAME[:split]``, or a list).
-        val: validation files; when absent, ``val_fraction`` of the training questions are held
-            out by ``group_id``.
-        test: test files (optional).
-        format: reader name (``spare``, ``stepwise``, ``math_shepherd``, ``prm800k``,
-            ``processbench``, ``gsm8k_solutions``).
-        reader_options: reader options (e.g. ``{add_reference: true}`` for reference-as-chosen).
-        label_policy: label policies applied after reading, in order (see :mod:`spare_train.labels`).
-        tokenizer: tokenizer path or hub id (``tiny`` for the bundled one).
-        template: ``chat`` (tokenizer's chat template) or ``plain``.
         view: ``pairs`` (DPO, IPO, ORPO, step-weighted DPO), ``step_pairs`` (Step-DPO),
             ``unpaired`` (KTO), ``filtered`` (RFT / SFT), ``all`` (step-weighted SFT); each
             objective says which it takes.
         pairing: how pairs are built.
         filtering: what ``filtered`` / ``unpaired`` / ``all`` keep.
-        max_length: tokens per prompt + response.
         max_prompt_length: prompt tokens kept when an example is too long.
-        batch_size: examples (prompts) per batch; a pair batch has twice as many rows.
-        val_fraction: share of questions held out when ``val`` is not given.
-        seed: seed of the hold-out split and of the sampler.
-        group_by_length: batch examples of similar length (less padding).
-        num_workers: DataLoader workers.
-        cache_dir: where to cache tokenised datasets (none: in memory).
-        strict: stop at the first bad record instead of rejecting and reporting it.
+        **kwargs: the arguments of :class:`~spare_train.data.base.AnnotationDataModule`.
     """
 
     def __init__(
         self,
-        train: str | list[str] | None = None,
-        val: str | list[str] | None = None,
-        test: str | list[str] | None = None,
-        format: str = "spare",
-        reader_options: dict[str, Any] | None = None,
-        label_policy: PolicySpec | list[PolicySpec] | None = None,
-        tokenizer: str = "tiny",
-        template: Literal["chat", "plain"] = "chat",
         view: View = "pairs",
         pairing: PairingConfig | None = None,
         filtering: FilterConfig | None = None,
-        max_length: int = 1024,
         max_prompt_length: int | None = 512,
-        batch_size: int = 4,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        strict: bool = False,
+        **kwargs: Any,
     ):
-        super().__init__(
-            train=train, val=val, test=test, format=format, reader_options=reader_options,
-            label_policy=label_policy, tokenizer=tokenizer, template=template, max_length=max_length,
-            batch_size=batch_size, val_fraction=val_fraction, seed=seed, group_by_length=group_by_length,
-            num_workers=num_workers, cache_dir=cache_dir, strict=strict,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.pairing = PairingConfig(**pairing) if isinstance(pairing, dict) else pairing or PairingConfig()
         self.filtering = FilterConfig(**filtering) if isinstance(filtering, dict) else filtering or FilterConfig()

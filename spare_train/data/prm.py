@@ -8,12 +8,11 @@ and the :class:`StepCollator` (right-padding, or first-fit packing).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from spare_train.data.base import AnnotationDataModule, cached_dataset, records_fingerprint, tokenizer_fingerprint
-from spare_train.labels import PolicySpec
 from spare_train.records import IGNORE, StepRecord
 from spare_train.tokenize import FormatConfig, features, tokenize_records
 
@@ -100,61 +99,19 @@ class StepCollator:
 
 
 class PRMDataModule(AnnotationDataModule):
-    """Step-annotated records as PRM training batches (the arguments of
-    :class:`~spare_train.data.base.AnnotationDataModule`, plus the step tag and packing).
+    """Step-annotated records as PRM training batches: every argument of
+    :class:`~spare_train.data.base.AnnotationDataModule` (``train``, ``format``, ``tokenizer``,
+    ``max_length`` …), plus the step tag and packing.
 
     Args:
-        train: training files (file, folder of shards, glob, ``hf:NAME[:split]``, or a list).
-        val: validation files; when absent, ``val_fraction`` of the training questions are held
-            out by ``group_id``.
-        test: test files (optional).
-        format: reader name (``spare``, ``stepwise``, ``math_shepherd``, ``prm800k``,
-            ``processbench``, ``gsm8k_solutions``).
-        reader_options: keyword options of the reader (e.g. ``{add_reference: true}``).
-        label_policy: label policies applied after reading, in order (``first_error``, ``hard``,
-            ``soft``, ``outcome_only``, ``{name: consensus, field: mc_labels}``).
-        tokenizer: tokenizer path or hub id (``tiny`` for the bundled one).
-        template: ``chat`` or ``plain`` rendering.
         step_tag: the step tag (one token; added to the tokenizer when it is split).
-        max_length: tokens per example; whole trailing steps are dropped to fit.
-        batch_size: examples per batch per device.
-        val_fraction: share of questions held out when ``val`` is not given.
-        seed: seed of the hold-out split and of the sampler.
-        group_by_length: batch examples of similar length (less padding).
         pack: pack each batch's examples into rows of ``max_length`` tokens (block-diagonal
             attention, see :class:`StepCollator`); fewer, fuller rows for short examples.
-        num_workers: DataLoader workers.
-        cache_dir: where to cache tokenised datasets (none: in memory).
-        strict: stop at the first bad record instead of rejecting and reporting it.
+        **kwargs: the arguments of :class:`~spare_train.data.base.AnnotationDataModule`.
     """
 
-    def __init__(
-        self,
-        train: str | list[str] | None = None,
-        val: str | list[str] | None = None,
-        test: str | list[str] | None = None,
-        format: str = "spare",
-        reader_options: dict[str, Any] | None = None,
-        label_policy: PolicySpec | list[PolicySpec] | None = None,
-        tokenizer: str = "tiny",
-        template: Literal["chat", "plain"] = "chat",
-        step_tag: str = " ки",
-        max_length: int = 512,
-        batch_size: int = 8,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        group_by_length: bool = True,
-        pack: bool = False,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        strict: bool = False,
-    ):
-        super().__init__(
-            train=train, val=val, test=test, format=format, reader_options=reader_options,
-            label_policy=label_policy, tokenizer=tokenizer, template=template, max_length=max_length,
-            batch_size=batch_size, val_fraction=val_fraction, seed=seed, group_by_length=group_by_length,
-            num_workers=num_workers, cache_dir=cache_dir, strict=strict,
-        )  # fmt: skip
+    def __init__(self, step_tag: str = " ки", pack: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     @property

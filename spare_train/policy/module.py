@@ -71,7 +71,7 @@ class PolicyModule(L.LightningModule):
         disable_dropout: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["objective"])
         self.backbone_cfg = backbone_config(backbone)
         self.objective = build_objective(objective)
         self.format_config = format_config(prompt_format)
@@ -87,9 +87,7 @@ class PolicyModule(L.LightningModule):
         self.policy: torch.nn.Module | None = None
         self.reference_model: torch.nn.Module | None = None
         self.reference_mode = reference
-        if reference == "precomputed" and self.objective.needs_kl:
-            raise ValueError(f"objective {self.objective.name!r} estimates its KL on mismatched in-batch pairs, "
-                             "which a precomputed reference cannot serve: use reference 'adapter' or 'copy'")  # fmt: skip
+        self._reference_cache: Any = None  # the ReferenceLogps callback, kept across fit/validate calls
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, **kwargs: Any) -> PolicyModule:
@@ -122,7 +120,8 @@ class PolicyModule(L.LightningModule):
         if self.reference_mode == "precomputed":
             from spare_train.policy.reference import ReferenceLogps
 
-            callbacks.append(ReferenceLogps())
+            self._reference_cache = self._reference_cache or ReferenceLogps()
+            callbacks.append(self._reference_cache)
         return callbacks
 
     def setup(self, stage: str) -> None:
@@ -164,12 +163,10 @@ class PolicyModule(L.LightningModule):
         ids, mask = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
         if self.reference_mode == "copy":
             return self.token_logps(ids, mask, self.reference_model)
-        from peft import PeftModel
-
-        if isinstance(self.policy, PeftModel):
+        if self.reference_mode == "adapter":
             with self.policy.disable_adapter():
                 return self.token_logps(ids, mask)
-        return self.token_logps(ids, mask)  # precomputed at fit start: the policy is the reference
+        return self.token_logps(ids, mask)  # precomputed when first needed: the policy as it is then
 
     def reference_logps(self, batch: dict[str, Any]) -> torch.Tensor:
         """``[R, L]`` reference token log-probs: the pre-pass's when present, else a forward."""
@@ -184,7 +181,12 @@ class PolicyModule(L.LightningModule):
         with torch.no_grad():
             mask = batch["kl_loss_mask"]
             pol = F_.sequence_logps(self.token_logps(batch["kl_input_ids"], batch["kl_attention_mask"]), mask)
-            ref = F_.sequence_logps(self.reference_forward(batch, prefix="kl_"), mask)
+            ref_tokens = batch.get("kl_ref_logps")
+            if ref_tokens is None:
+                if self.reference_mode == "precomputed":
+                    raise RuntimeError("reference='precomputed' but the batch has no kl_ref_logps (the pre-pass did not run)")
+                ref_tokens = self.reference_forward(batch, prefix="kl_")
+            ref = F_.sequence_logps(ref_tokens, mask)
         total = torch.stack([(pol - ref).sum(), torch.tensor(float(len(pol)), device=pol.device)])
         if self._trainer is not None and self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")

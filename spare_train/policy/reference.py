@@ -7,6 +7,10 @@ once over every example of the train and validation datasets; each rank scores i
 keyed by the example's ``index`` column; before every batch the callback writes them into the
 batch as ``ref_logps`` (``[R, L]``, aligned with ``loss_mask``). Training then holds one model and
 does one forward pass per step. Nothing is written into the DataModule.
+
+The cache is computed once, from the policy as it is when first needed, and travels with the
+checkpoint (``state_dict``): a resumed run, or a ``validate`` after ``fit``, keeps the original
+reference instead of silently taking the trained policy as its own reference.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ class ReferenceLogps(Callback):
             B = len(batch["index"])
             for r in range(len(logps)):
                 local.setdefault(int(batch["index"][r % B]), []).append(logps[r][mask[r]])
+            if "kl_input_ids" in batch:  # KTO's mismatched rows are fixed per example: cache them too
+                kl = module.reference_forward(batch, prefix="kl_").float().cpu()
+                kl_mask = batch["kl_loss_mask"].cpu()
+                for r in range(B):
+                    local[int(batch["index"][r])].append(kl[r][kl_mask[r]])
         module.policy.train(was_training)
         if world > 1:
             import torch.distributed as dist
@@ -47,26 +56,41 @@ class ReferenceLogps(Callback):
             local = {k: v for part in parts for k, v in part.items()}
         self.cache[split] = local
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def _ensure(self, trainer: Any, pl_module: Any, splits: tuple[str, ...]) -> None:
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "datasets"):
             raise ValueError("reference='precomputed' needs a DataModule with tokenised datasets")
         dm.setup("fit")
-        for split in ("train", "val"):
+        for split in splits:
             if split in dm.datasets and split not in self.cache:
                 self.precompute(trainer, pl_module, split, dm.datasets[split], dm.collator(), dm.hparams.batch_size)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._ensure(trainer, pl_module, ("train", "val"))
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._ensure(trainer, pl_module, ("val",))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cache": self.cache}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.cache = state_dict.get("cache", {})
 
     def _fill(self, split: str, batch: dict[str, Any]) -> None:
         cache = self.cache.get(split)
         if cache is None or "ref_logps" in batch:
             return
-        mask = batch["loss_mask"]
-        out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
         B = len(batch["index"])
-        for r in range(mask.shape[0]):
-            values = cache[int(batch["index"][r % B])][r // B]
-            out[r, mask[r]] = values.to(mask.device)
-        batch["ref_logps"] = out
+        for key, mask, offset in (("ref_logps", batch["loss_mask"], 0), ("kl_ref_logps", batch.get("kl_loss_mask"), None)):
+            if mask is None:
+                continue
+            out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+            for r in range(mask.shape[0]):
+                entries = cache[int(batch["index"][r % B])]
+                values = entries[r // B] if offset is not None else entries[-1]
+                out[r, mask[r]] = values.to(mask.device)
+            batch[key] = out
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._fill("train", batch)

@@ -91,7 +91,7 @@ class PRMModule(L.LightningModule):
         self.model: Any = None
         self.head: torch.nn.Module | None = None
         self._tokenizer: Any = None
-        from spare_train.prm.metrics import PRMEvaluator
+        from spare_train.prm.evaluator import PRMEvaluator
 
         self.val_metrics = PRMEvaluator()
         self.test_metrics = PRMEvaluator()
