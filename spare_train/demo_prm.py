@@ -73,12 +73,12 @@ def prm_demo(out: Path, recipe: str = RECIPE, extra_args: list[str] | None = Non
     with (out / "scores.jsonl").open("w") as f:
         for r, s in zip(test_records, test_scores, strict=True):
             f.write(json.dumps({"id": r.id, "step_scores": s}) + "\n")
-    result = {**metrics, "baseline/position_step_auroc": baseline, "train/optimizer_steps": steps}
+    result = {**metrics, "baseline/position_step_auroc": baseline, "train/num_optimizer_steps": float(steps)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
 
     console.rule(f"held-out evaluation: {len(test_records)} candidates of {int(metrics['bon/num_questions'])} "
                  f"questions ({TEST})")  # fmt: skip
-    console.print(format_table(metrics))
+    console.print(format_table(result))
     console.print(
         f"\ntrained {steps} optimizer steps | held-out step AUROC {metrics['step/auroc']:.3f} "
         f"(position-only baseline {baseline:.3f}) | first-error F1 {metrics['first_error/f1']:.3f} "

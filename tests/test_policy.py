@@ -379,3 +379,41 @@ def test_cli_export_of_a_trained_policy_checkpoint(data_file, tmp_path):
     adapter = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(before[mask], logps(module, batch, adapter)[mask], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_policy_resume_is_exact_with_lora_dropout(data_file, tmp_path):
+    """The shared checkpoint callback (trainable-only state, RNG states) makes offline-RL resume
+    exact too: with LoRA dropout on, a run resumed from its first epoch ends where an
+    uninterrupted run ends."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from spare_train.models.backbone import BackboneConfig, LoraSettings
+
+    def fresh() -> PolicyModule:
+        L.seed_everything(0)
+        return PolicyModule(BackboneConfig("tiny-llama", lora=LoraSettings(r=4, alpha=8, dropout=0.1)),
+                            objective="dpo", lr=1e-3, disable_dropout=False, warmup_ratio=0.25)  # fmt: skip
+
+    def run(module, ckpt_path=None, callbacks=()):
+        t = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_train_batches=2, limit_val_batches=0,
+                      num_sanity_val_steps=0, callbacks=list(callbacks),
+                      enable_checkpointing=bool(callbacks))  # fmt: skip
+        t.fit(module, datamodule(data_file, "pairs"), ckpt_path=ckpt_path)
+        return t
+
+    ck = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    full = fresh()
+    t1 = run(full, callbacks=[ck])
+    ckpt = torch.load(tmp_path / "epoch=0.ckpt", weights_only=True)
+    assert set(ckpt["state_dict"]) == {n for n, p in full.named_parameters() if p.requires_grad}
+    assert ckpt["spare_train_module"] == "PolicyModule" and ckpt["hyper_parameters"]["objective"]["name"] == "dpo"
+    resumed = fresh()
+    t2 = run(resumed, ckpt_path=str(tmp_path / "epoch=0.ckpt"))
+    assert t1.global_step == t2.global_step == 6
+    want = {n: p for n, p in full.named_parameters() if p.requires_grad}
+    for n, p in resumed.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, want[n]), n

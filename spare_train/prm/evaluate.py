@@ -40,6 +40,8 @@ TITLES: dict[str, str] = {
     "bon/random": "random pick",
     "bon/num_questions": "questions",
     "vote/majority": "majority vote",
+    "baseline/position_step_auroc": "step AUROC of score = −step index (no model)",
+    "train/num_optimizer_steps": "optimizer steps trained",
 }
 
 
