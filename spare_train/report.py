@@ -159,15 +159,17 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
-        """Inverse of :meth:`to_dict` (the rejections it kept); used to replay cached events."""
+        """Inverse of :meth:`to_dict` (the rejections it kept); used to replay cached events
+        (also those of caches written before repairs had locations: ``rejected`` as a list)."""
+        rejections = d.get("rejections", d.get("rejected") if isinstance(d.get("rejected"), list) else [])
         return cls(
             read=d.get("read", 0),
-            rejected=[Rejection(**r) for r in d.get("rejections", [])],
+            rejected=[Rejection(**r) for r in rejections],
             repaired=Counter(d.get("repaired", {})),
             notes=Counter(d.get("notes", {})),
             repaired_at={k: list(v) for k, v in d.get("repaired_at", {}).items()},
             noted_at={k: list(v) for k, v in d.get("noted_at", {}).items()},
-            strict_ok=set(d.get("repairs_strict_ok", [])),
+            strict_ok=set(d.get("repairs_strict_ok", ["tag_in_text"])),  # older caches: their one repair kind
         )
 
     def to_json(self, **kw: Any) -> str:

@@ -297,3 +297,11 @@ def test_the_records_format_checks_what_it_reads(tmp_path):
     records, report = read_records("records", p)
     assert [r.id for r in records] == ["x", "w"] and [r.kind for r in report.rejected] == ["bad_label", "wrong_type"]
     assert records[1].group_id.startswith("g~") and report.repaired["group_id_conflict"] == 1
+
+
+def test_events_of_an_older_cache_are_replayed():
+    old = {"rejected": [{"where": "f:3", "record_id": "x", "kind": "too_long", "reason": "r", "stage": "tokenize"}],
+           "repaired": {"tag_in_text": 2}, "notes": {"steps_truncated": 1}}  # fmt: skip
+    report = Report(read=5)
+    report.merge(Report.from_dict(old))
+    assert (report.kept, report.repaired["tag_in_text"], report.notes["steps_truncated"]) == (4, 2, 1)
