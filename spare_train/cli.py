@@ -58,6 +58,19 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
             parser.link_arguments("data.format_config", "model.init_args.prompt_format", apply_on="instantiate")
             parser.description = FIT_TIPS
 
+        def _parse_ckpt_path(self) -> None:
+            """As Lightning's, but a checkpoint's hyper-parameters cannot choose the module class,
+            the model, the tokenizer or loader options such as ``trust_remote_code``: the recipe's
+            stand (:func:`spare_train.models.hf.checkpoint_cli_hparams`)."""
+            from spare_train.models.hf import checkpoint_cli_hparams, load_checkpoint
+
+            sub = self.config.get("subcommand")
+            path = self.config[sub].get("ckpt_path") if sub else None
+            if path and os.path.isfile(path):
+                hparams = checkpoint_cli_hparams(load_checkpoint(path), self.config[sub].get("model"))
+                if hparams:
+                    self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
     from lightning.pytorch import LightningDataModule, LightningModule
 
     return SpareCLI(

@@ -3,7 +3,11 @@
 A ``PRMModule`` checkpoint becomes a PRM folder (:mod:`spare_train.prm.export`), a
 ``PolicyModule`` checkpoint a causal LM (:mod:`spare_train.policy.export`). The checkpoint says
 which it is (``spare_train_module``, written by :class:`spare_train.models.TrainingStateCheckpoint`);
-it is loaded with ``weights_only=True`` and never names code to import.
+it is loaded with ``weights_only=True`` and never names code to import: its hyper-parameters
+cannot turn on ``trust_remote_code`` or add loader options (``--trust_remote_code`` is the user's
+own opt-in), and the folder written never holds code files (:mod:`spare_train.models.hf`).
+A model whose weights are not all finite is refused (:mod:`spare_train.models.finite`), and the
+folder appears only when complete.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def export(
     out: str,
     merge: bool = False,
     dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+    trust_remote_code: bool = False,
 ) -> int:
     """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule.
 
@@ -40,18 +45,19 @@ def export(
         merge: fold LoRA adapters into the weights (else an adapter is saved; full fine-tunes are
             always saved whole).
         dtype: weight dtype of the export (default: the training dtype).
+        trust_remote_code: run code shipped with the base model (never taken from the checkpoint).
     """
     checkpoint = load_checkpoint(ckpt)
     if checkpoint_kind(checkpoint) == "policy":
         from spare_train.policy.export import export_policy, policy_from_checkpoint
 
-        policy = policy_from_checkpoint(checkpoint, dtype)
+        policy = policy_from_checkpoint(checkpoint, dtype, trust_remote_code)
         export_policy(policy, out, merge=merge or policy.backbone_cfg.lora is None)
         print(f"exported policy to {out}")
         return 0
     from spare_train.prm.export import export_module, module_from_checkpoint
 
-    module = module_from_checkpoint(checkpoint, dtype)
+    module = module_from_checkpoint(checkpoint, dtype, trust_remote_code)
     export_module(module, Path(out), merge=merge or module.backbone_cfg.lora is None)
     print(f"exported PRM to {out}")
     return 0

@@ -62,16 +62,17 @@ def format_config(value: FormatConfig | dict | None) -> FormatConfig:
     return value if isinstance(value, FormatConfig) else FormatConfig(**value)
 
 
-def load_tokenizer(name_or_path: str) -> Any:
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """Load a tokenizer by local path or hub id; ``tiny``/``tiny-llama``/``tiny-qwen2`` give the
-    bundled tiny tokenizer."""
+    bundled tiny tokenizer. Code shipped with a tokenizer runs only on the caller's explicit
+    ``trust_remote_code`` (a recipe's ``backbone.extra``), never because a folder asks for it."""
     if name_or_path.startswith("tiny"):
         from spare_train.assets import tiny_tokenizer
 
         return ensure_pad_token(tiny_tokenizer())
     from transformers import AutoTokenizer
 
-    return ensure_pad_token(AutoTokenizer.from_pretrained(name_or_path))
+    return ensure_pad_token(AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
 
 
 def prepare_tokenizer(tokenizer: Any, cfg: FormatConfig) -> int:
@@ -142,16 +143,26 @@ def _tag_pattern(tag: str) -> re.Pattern:
 
 
 def clean_record(record: StepRecord, cfg: FormatConfig, report: Report | None = None) -> StepRecord:
-    """Remove (or reject, per ``cfg.tag_in_text``) tag strings inside the prompt or steps."""
+    """Remove (or reject, per ``cfg.tag_in_text``) tag strings inside the prompt or steps.
+
+    Text that is not valid Unicode (a lone surrogate, which no tokenizer takes) is rejected
+    (``invalid_unicode``). Removing a tag changes text, never a label: a strict run accepts it.
+    """
     pat = _tag_pattern(cfg.step_tag)
     texts = [record.prompt.instruction, record.prompt.context, record.prompt.question, *record.steps]
+    where = str(record.source) if record.source else ""
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start : e.end]
+        raise DataError("invalid_unicode", f"text holds {bad!a}, which is not text", where, record.id) from None
     if not any(pat.search(t) for t in texts if t):
         return record
-    where = str(record.source) if record.source else ""
     if cfg.tag_in_text == "reject":
         raise DataError("tag_in_text", f"the step tag {cfg.step_tag!r} occurs inside the text", where, record.id)
     if report is not None:
-        report.repair("tag_in_text", where)
+        report.repair("tag_in_text", where, f"the step tag {cfg.step_tag!r} removed from the text",
+                      strict_ok=True, record_id=record.id)  # fmt: skip
     p = record.prompt
     from dataclasses import replace
 

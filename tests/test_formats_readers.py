@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from spare_train.formats import read_records
+from spare_train.report import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "model_solutions.jsonl"
@@ -136,7 +137,28 @@ def test_math_shepherd_tag_inside_the_question_is_dropped(tmp_path):
     records, report = read_records("math_shepherd", write_jsonl(tmp_path / "m.jsonl", [row]))
     assert records[0].prompt.question == "Parker has 4 cards and gets 3 more. How many?"
     assert records[0].labels == [1.0, 1.0]
-    assert report.notes["tag_in_question"] == 1
+    assert report.repaired["tag_in_question"] == 1  # a dropped label is a repair: strict refuses it
+    assert report.repaired_at["tag_in_question"] == [f"{tmp_path / 'm.jsonl'}:1"]
+    with pytest.raises(DataError, match="tag_in_question"):
+        read_records("math_shepherd", tmp_path / "m.jsonl", strict=True)
+
+
+def test_math_shepherd_question_that_mentions_step_1_is_not_cut_there(tmp_path):
+    question = "A recipe says: step 1: mix 2 cups, step 2: add 3 cups. How many cups in all?"
+    rows = [_ms(question, ["Step 1: 2 + 3 = 5.", "Step 2: The answer is: 5"], "+-"),
+            _ms(question, ["2 + 3 = 5.", "The answer is: 5"], "++", "\n")]  # fmt: skip
+    records, report = read_records("math_shepherd", write_jsonl(tmp_path / "m.jsonl", rows))
+    assert [r.prompt.question for r in records] == [question, question]
+    assert records[0].steps == ["Step 1: 2 + 3 = 5.", "Step 2: The answer is: 5"] and records[0].labels == [1.0, 0.0]
+    assert records[0].group_id == records[1].group_id and not report.repaired
+
+
+def test_math_shepherd_label_text_of_the_same_length_but_another_text_is_rejected(tmp_path):
+    row = _ms("What is 6 * 7?", ["Step 1: 6 * 7 = 42.", "Step 2: The answer is: 42"], "+-")
+    other = _ms("What is 6 * 8?", ["Step 1: 6 * 8 = 48.", "Step 2: The answer is: 48"], "--")
+    records, report = read_records("math_shepherd", write_jsonl(tmp_path / "m.jsonl", [{**row, "label": other["label"]}]))
+    assert records == [] and report.rejected[0].kind == "label_text_mismatch"
+    assert "at character 12" in report.rejected[0].reason
 
 
 @pytest.mark.parametrize(

@@ -68,40 +68,27 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()[:24]
 
 
-def _replay(events: dict[str, Any], report: Report) -> None:
-    """Re-apply a cached tokenisation's rejections, repairs and notes to ``report``."""
-    for r in events["rejected"]:
-        report.reject(DataError(r["kind"], r["reason"], r["where"], r["record_id"]), stage="tokenize")
-    for kind, n in events["repaired"].items():
-        report.repair(kind, n=n)
-    for kind, n in events["notes"].items():
-        report.note(kind, n)
-
-
 def cached_dataset(cache_dir: str | None, name: str, build: Any, features: Any, report: Report) -> Any:
     """``build(report) -> list[dict]`` as a ``datasets.Dataset`` with ``features``, cached under
-    ``cache_dir/name`` together with what building it reported (replayed into ``report`` on a hit)."""
+    ``cache_dir/name`` together with what building it reported (its rejections, repairs with
+    their ``file:line``, notes), which is merged into ``report`` on a build and on a cache hit
+    alike (a strict ``report`` raises on the first rejection or label-changing repair either way)."""
     from datasets import Dataset, load_from_disk
 
     folder = Path(cache_dir) / name if cache_dir else None
     if folder is not None and (folder / "events.json").is_file():
-        _replay(json.loads((folder / "events.json").read_text()), report)
+        report.merge(Report.from_dict(json.loads((folder / "events.json").read_text())))
         return load_from_disk(str(folder))
-    local = Report()
+    local = Report(strict=report.strict)
     examples = build(local)
     columns = {k: [e[k] for e in examples] for k in features}
     ds = Dataset.from_dict(columns, features=features)
-    for rej in local.rejected:
-        report.reject(DataError(rej.kind, rej.reason, rej.where, rej.record_id), stage=rej.stage)
-    report.repaired.update(local.repaired)
-    report.notes.update(local.notes)
+    report.merge(local)
     if folder is not None:  # written under a temporary name, then renamed: never a partial cache
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ds.save_to_disk(str(tmp))
-        events = {"rejected": [r.__dict__ for r in local.rejected], "repaired": dict(local.repaired),
-                  "notes": dict(local.notes)}  # fmt: skip
-        (tmp / "events.json").write_text(json.dumps(events))
+        (tmp / "events.json").write_text(json.dumps(local.to_dict()))
         try:
             tmp.replace(folder)
         except OSError:  # another process (a DDP rank) wrote the same cache first
@@ -182,9 +169,15 @@ class AnnotationDataModule(L.LightningDataModule):
 
     # ---- read → policies → split ---------------------------------------------------------------
     def read(self, paths: str | list[str]) -> list[StepRecord]:
+        """Records of ``paths`` after the label policies; ``DataError`` (``nothing_kept``) when none
+        is left: a split that silently became empty would train or validate on nothing."""
         hp = self.hparams
-        records, _ = read_records(hp.format, paths, strict=hp.strict, report=self.report, **(hp.reader_options or {}))
-        return apply_policies(records, hp.label_policy, self.report)
+        mine = Report(strict=hp.strict)
+        records, _ = read_records(hp.format, paths, report=mine, **(hp.reader_options or {}))
+        records = apply_policies(records, hp.label_policy, mine)
+        self.report.merge(mine)
+        mine.check_kept(str(paths))
+        return records
 
     def read_splits(self) -> dict[str, list[StepRecord]]:
         """Records of every configured split (``val`` held out of ``train`` when not given)."""

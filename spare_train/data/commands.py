@@ -3,7 +3,9 @@
 Options come from the typed signatures and docstrings below (the CLI in :mod:`spare_train.cli`
 builds its parsers from them), so ``--help`` is the reference. Bad input never crashes: it is
 counted and reported, or, with ``--strict``, stops the run with the first problem's
-``file:line`` and a non-zero exit.
+``file:line`` and a non-zero exit. A run that keeps no record at all exits non-zero too. Every
+output (records, report, prepared folder) is written under a temporary name and renamed when
+complete, so a failed run never leaves a partial file behind.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spare_train.files import atomic_path, atomic_write_text
 from spare_train.report import Report
 from spare_train.synth import SynthConfig
 
 
-def _print_report(report: Report, path: str | None) -> None:
+def _print_report(report: Report, path: str | Path | None) -> None:
     print(report.summary(), file=sys.stderr)
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(report.to_json(), encoding="utf-8")
+        atomic_write_text(path, report.to_json())
         print(f"report written to {path}", file=sys.stderr)
 
 
@@ -38,9 +40,10 @@ def convert(
     ``outcome`` and the optional fields.
 
     Args:
-        format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions).
+        format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions,
+            records).
         input: a file, a folder of shards, a glob or ``hf:NAME[:split]``.
-        output: the JSONL file to write.
+        output: the JSONL file to write (read it back with ``--format records``).
         reader_options: the reader's options, e.g. ``'{"add_reference": true}'``.
         report: also write the JSON report here.
         strict: stop at the first bad record (exit 1) instead of rejecting and reporting it.
@@ -48,6 +51,9 @@ def convert(
     from spare_train.formats import read_records, write_records_jsonl
 
     records, rep = read_records(format, input, strict=strict, **(reader_options or {}))
+    if rep.kept == 0:
+        _print_report(rep, report)
+        rep.check_kept(str(input))
     n = write_records_jsonl(records, output)
     print(f"wrote {n} records to {output}", file=sys.stderr)
     _print_report(rep, report)
@@ -81,11 +87,13 @@ def prepare(config: str, output: str = "prepared", show: int = 3, strict: bool |
         options["strict"] = strict
     dm = PRMDataModule(**options)
     dm.setup("fit")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    for split, ds in dm.datasets.items():
-        ds.save_to_disk(str(out / split))
-    _print_report(dm.report, str(out / "report.json"))
+    with atomic_path(output) as tmp:
+        tmp.mkdir()
+        for split, ds in dm.datasets.items():
+            ds.save_to_disk(str(tmp / split))
+        (tmp / "report.json").write_text(dm.report.to_json(), encoding="utf-8")
+    _print_report(dm.report, None)
+    print(f"prepared splits and report.json written to {output}", file=sys.stderr)
     first = next(iter(dm.datasets.values()), None)
     for i in range(min(show, len(first) if first is not None else 0)):
         ex = first[i]

@@ -10,7 +10,10 @@ goes to the reader named by ``fmt`` (see :data:`READERS`); what it returns is va
 once in ``report.read`` and ends up either in the returned list or in ``report.rejected``,
 so ``report.read == report.kept + len(report.rejected)`` always holds. With ``strict=True``
 the first problem raises :class:`~spare_train.report.DataError` (its ``str()`` starts with
-``file:line``); repairs (e.g. json-repaired gradings, non-UTF-8 bytes) never raise.
+``file:line``), including any repair that can change a label (text and syntax repairs such as
+non-UTF-8 bytes or a grading's JSON syntax pass). No single record can end a lenient run: an
+exception no reader check anticipated rejects that record as ``internal_error`` with the
+exception's text. ``records`` reads the normalised JSONL that ``data convert`` writes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spare_train.formats import gsm8k_solutions, math_shepherd, prm800k, processbench, spare, stepwise
+from spare_train.formats import gsm8k_solutions, math_shepherd, prm800k, processbench, records, spare, stepwise
 from spare_train.formats.answers import extract_answer
 from spare_train.formats.base import ReadContext, validate_record, write_records_jsonl
 from spare_train.formats.io import expand_paths, iter_rows
@@ -39,6 +42,7 @@ READERS: dict[str, Callable[..., list]] = {
     "prm800k": prm800k.read,
     "processbench": processbench.read,
     "gsm8k_solutions": gsm8k_solutions.read,
+    "records": records.read,
 }
 
 
@@ -82,14 +86,14 @@ def read_records(
                 if isinstance(item, DataError):
                     report.reject(item)
                     continue
-                err = _check(item, ctx, seen_ids)
+                err = _check(item, ctx, seen_ids) if isinstance(item, StepRecord) else _not_a_record(item, ctx)
                 if err is not None:
                     report.reject(err)
                     continue
                 seen_ids.add(item.id)
                 records.append(item)
         if n_rows == 0:
-            report.note("empty_file")
+            report.note("empty_file", where=path)
         total_rows += n_rows
     if total_rows == 0:
         raise DataError("no_input", f"no records found in {paths!s}")
@@ -105,9 +109,12 @@ def _run_reader(reader: Callable, value: Any, ctx: ReadContext, options: dict) -
         return reader(value, ctx, **options)
     except DataError as e:
         return [e if e.where else DataError(e.kind, e.message, ctx.where, e.record_id)]
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        # A shape no reader check anticipated: lose the row, not the run.
-        return [ctx.error("malformed_record", f"{type(e).__name__}: {e}")]
+    except Exception as e:  # noqa: BLE001  (a shape no reader check anticipated: lose the row, not the run)
+        return [ctx.error("internal_error", f"{type(e).__name__}: {e}"[:500])]
+
+
+def _not_a_record(item: Any, ctx: ReadContext) -> DataError:
+    return ctx.error("internal_error", f"the reader returned a {type(item).__name__}, not a StepRecord")
 
 
 def _check(rec: StepRecord, ctx: ReadContext, seen_ids: set[str]) -> DataError | None:
@@ -116,6 +123,9 @@ def _check(rec: StepRecord, ctx: ReadContext, seen_ids: set[str]) -> DataError |
         validate_record(rec, where)
     except DataError as e:
         return e
+    except Exception as e:  # noqa: BLE001
+        rid = rec.id if isinstance(rec.id, str) else None
+        return DataError("internal_error", f"{type(e).__name__}: {e}"[:500], where, rid)
     if rec.id in seen_ids:
         return DataError("duplicate_id", "an earlier record has the same id", where, rec.id)
     return None

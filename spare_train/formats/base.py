@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spare_train.files import atomic_path
 from spare_train.records import Source, StepRecord
 from spare_train.report import DataError, Report
 
@@ -42,11 +43,31 @@ class ReadContext:
     def error(self, kind: str, message: str, record_id: str | None = None) -> DataError:
         return DataError(kind, message, self.where, record_id)
 
-    def repair(self, kind: str, message: str = "") -> None:
-        self.report.repair(kind, self.where, message)
+    def repair(self, kind: str, message: str = "", record_id: str | None = None, *, strict_ok: bool = False) -> None:
+        """Count a repair of this row (raises in strict mode unless ``strict_ok``: see :mod:`spare_train.report`)."""
+        self.report.repair(kind, self.where, message, strict_ok=strict_ok, record_id=record_id)
 
     def note(self, kind: str) -> None:
-        self.report.note(kind)
+        self.report.note(kind, where=self.where)
+
+    def group_id(self, key: str, identity: Any) -> str:
+        """``key`` as the group id of a question known by ``identity`` (its ids and text).
+
+        Different questions must never share a group: when ``key`` was first used for another
+        identity (a question id reused for another question text, ``7`` and ``"7"`` naming
+        different questions, or a ``context_id/question_id`` join that collides), this question
+        gets ``key~<hash of its identity>`` and the repair ``group_id_conflict`` is counted.
+        """
+        owners = self.state.setdefault("group_owners", {})
+        first = owners.setdefault(key, (identity, self.where))
+        if first[0] == identity:
+            return key
+        new = f"{key}~{text_hash(json.dumps(identity, default=str), 8)}"
+        self.repair(
+            "group_id_conflict",
+            f"group {key!r} already holds a different question (first seen at {first[1]}); this one is grouped as {new!r}",
+        )
+        return new
 
     def position_in_group(self, group_id: str) -> int:
         """0-based count of earlier candidates of ``group_id`` in this read (input order)."""
@@ -113,7 +134,7 @@ def to_label(value: Any, ctx: ReadContext, record_id: str | None = None, what: s
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, (int, float)):
-        x = float(value)
+        x = float(value) if isinstance(value, float) or value in (0, 1) else math.nan  # no float(10**400)
         if math.isnan(x) or not 0.0 <= x <= 1.0:
             raise ctx.error("bad_label", f"{what} {value!r} is not in [0, 1]", record_id)
         return x
@@ -184,12 +205,11 @@ def validate_record(rec: StepRecord, where: str) -> None:
 def write_records_jsonl(records: Iterable[StepRecord], path: str | Path) -> int:
     """Write ``record.to_dict()`` one per line (UTF-8, not ASCII-escaped), in input order.
 
-    Creates parent folders; returns the number of records written.
+    Creates parent folders; the file appears only when complete (written under a temporary
+    name, then renamed). Returns the number of records written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec.to_dict(), ensure_ascii=False))
             f.write("\n")

@@ -6,8 +6,9 @@ labels as bools, 0/1 ints or floats in [0, 1] (``null`` = unlabeled). A chat pro
 by a blank line) the question.
 
 Optional fields: ``id``; ``group_id`` (default ``"p-{hash of the prompt}"``, so candidates of
-the same prompt group together); ``outcome`` (0/1/bool); ``answer`` (else extracted from the
-last step). Without ``id``, ``id = f"{group_id}#{k}"``, ``k`` the row's 0-based position
+the same prompt group together; a given ``group_id`` that already names another prompt, e.g.
+``7`` and ``"7"`` for two questions, becomes ``group_id~<hash>``, repair ``group_id_conflict``);
+``outcome`` (0/1/bool); ``answer`` (else extracted from the last step). Without ``id``, ``id = f"{group_id}#{k}"``, ``k`` the row's 0-based position
 among its group's rows in input order.
 """
 
@@ -39,10 +40,9 @@ def read(
     if len(raw_labels) != len(steps):
         raise ctx.error("label_count_mismatch", f"{len(raw_labels)} labels for {len(steps)} completions", rid)
     labels = [to_label(x, ctx, rid, f"label of step {i + 1}") for i, x in enumerate(raw_labels)]
+    text = f"{prompt.instruction}\n\n{prompt.question}"
     group_id = optional(obj, "group_id", (str, int), ctx, None, rid)
-    if group_id is None:
-        group_id = "p-" + text_hash(f"{prompt.instruction}\n\n{prompt.question}")
-    group_id = str(group_id)
+    group_id = ctx.group_id("p-" + text_hash(text) if group_id is None else str(group_id), " ".join(text.split()))
     if rid is None:
         rid = f"{group_id}#{ctx.position_in_group(group_id)}"
     answer = optional(obj, "answer", str, ctx, None, rid)

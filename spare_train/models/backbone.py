@@ -69,7 +69,9 @@ class BackboneConfig:
     quantization: Literal["nf4", "int8"] | None = None
     attn_implementation: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    """further ``from_pretrained`` keyword arguments (e.g. ``{"revision": "main"}``)"""
+    """further ``from_pretrained`` keyword arguments (e.g. ``{"revision": "main"}``;
+    ``{"trust_remote_code": true}`` is the opt-in to run code shipped with the model). Read from a
+    checkpoint, only :data:`spare_train.models.hf.CHECKPOINT_EXTRA` keys are kept."""
 
 
 def backbone_config(value: BackboneConfig | dict | None) -> BackboneConfig:
@@ -129,7 +131,9 @@ def load_backbone(
     if cfg.quantization is not None and cfg.lora is None:
         raise ValueError("quantised weights are frozen: set backbone.lora to train adapters on them")
     auto_class = auto_class or transformers.AutoModelForCausalLM
-    kwargs: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], **cfg.extra}
+    # code in the model's folder runs only on an explicit opt-in (never on the prompt transformers
+    # shows when the flag is left unset)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": False, **cfg.extra}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if (qc := quantization_config(cfg)) is not None:

@@ -1,14 +1,31 @@
 """Reading checkpoints and writing Hugging Face folders, shared by the PRM and policy exports.
 
-Checkpoints are loaded with ``weights_only=True``: a checkpoint is data, never code.
+Checkpoints and model folders are data, never code:
+
+* checkpoints load with ``weights_only=True`` (no pickle runs);
+* nothing in a checkpoint's hyper-parameters can turn on ``trust_remote_code`` or point the loader
+  at another model: of ``backbone.extra`` only :data:`CHECKPOINT_EXTRA` is kept
+  (:func:`checkpoint_backbone`), and ``fit/validate/test --ckpt_path`` keep the recipe's own model,
+  tokenizer and loader options (:func:`checkpoint_cli_hparams`). The user opts in to running a
+  model's code explicitly (``--trust_remote_code``, or ``backbone.extra`` in a recipe);
+* an exported folder never carries code: :func:`remove_code_files` deletes ``*.py`` files and
+  ``auto_map`` entries a base model's ``save_pretrained`` would copy along.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+#: ``from_pretrained`` options a checkpoint's ``backbone.extra`` may carry; every other key
+#: (``trust_remote_code``, ``code_revision``, ``config``, ``subfolder``, ``gguf_file``, …) is dropped
+CHECKPOINT_EXTRA = frozenset({"revision", "low_cpu_mem_usage"})
+#: the module classes whose checkpoints ``fit/validate/test --ckpt_path`` read hyper-parameters from
+MODULE_CLASSES = {"PRMModule": "spare_train.prm.PRMModule", "PolicyModule": "spare_train.policy.PolicyModule"}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -22,7 +39,7 @@ def save_causal_lm(model: Any, tokenizer: Any, out: str | Path, merge: bool) -> 
     ``merge``: fold adapters (and trained new-token rows) into the weights; otherwise a peft model
     is saved as an adapter (``adapter_config.json`` names the base; load it with
     ``peft.AutoPeftModelForCausalLM``, which grows the embeddings to the saved tokenizer).
-    Always safetensors.
+    Always safetensors; never code files (:func:`remove_code_files`).
     """
     from peft import PeftModel
 
@@ -32,21 +49,117 @@ def save_causal_lm(model: Any, tokenizer: Any, out: str | Path, merge: bool) -> 
         model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    remove_code_files(out)
     return out
 
 
-def init_args_from_checkpoint(cls: type, ckpt: dict[str, Any], dtype: str | None = None) -> dict[str, Any]:
+def remove_code_files(folder: str | Path) -> list[str]:
+    """Delete ``*.py`` files and ``auto_map`` entries from an export folder; returns what went.
+
+    ``save_pretrained`` copies a remote-code base model's modules next to the weights; an export
+    is data that plain transformers loads by ``model_type``, so that code never travels with it.
+    """
+    folder, removed = Path(folder), []
+    for f in sorted(folder.rglob("*.py")):
+        f.unlink()
+        removed.append(f.name)
+    for f in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "auto_map" in data:
+            del data["auto_map"]
+            f.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            removed.append(f"{f.name}:auto_map")
+    if removed:
+        print(f"export: code removed from the folder (exports are data, not code): {', '.join(removed)}", file=sys.stderr)
+    return removed
+
+
+def checkpoint_backbone(value: Any, trust_remote_code: bool = False) -> dict[str, Any]:
+    """A checkpoint's ``backbone`` hyper-parameters with ``extra`` cut to :data:`CHECKPOINT_EXTRA`
+    (dropped keys are named on stderr); ``trust_remote_code`` is the caller's own opt-in."""
+    bb = dict(value or {})
+    extra = dict(bb.get("extra") or {})
+    dropped = sorted(k for k in extra if k not in CHECKPOINT_EXTRA)
+    if dropped:
+        print(f"checkpoint: ignored backbone.extra {dropped} (a checkpoint cannot set loader options; "
+              "pass --trust_remote_code to run a model's own code)", file=sys.stderr)  # fmt: skip
+    bb["extra"] = {k: v for k, v in extra.items() if k in CHECKPOINT_EXTRA}
+    if trust_remote_code:
+        bb["extra"]["trust_remote_code"] = True
+    return bb
+
+
+def init_args_from_checkpoint(
+    cls: type, ckpt: dict[str, Any], dtype: str | None = None, trust_remote_code: bool = False
+) -> dict[str, Any]:
     """``cls``'s init args from a checkpoint's hyper-parameters, its backbone rebuilt unquantised
-    and without gradient checkpointing (what an export needs), in ``dtype`` when given."""
+    and without gradient checkpointing (what an export needs), in ``dtype`` when given, with only
+    safe loader options (:func:`checkpoint_backbone`)."""
     import inspect
 
     from spare_train.models.backbone import backbone_config
 
     params = inspect.signature(cls.__init__).parameters
     hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k in params}
-    bb = backbone_config(hp.get("backbone"))
+    bb = backbone_config(checkpoint_backbone(hp.get("backbone"), trust_remote_code))
     bb.quantization, bb.gradient_checkpointing = None, False
     if dtype:
         bb.dtype = dtype
     hp["backbone"] = bb
     return hp
+
+
+def checkpoint_cli_hparams(ckpt: dict[str, Any], model_config: Any) -> dict[str, Any]:
+    """What ``fit/validate/test --ckpt_path`` may take from a checkpoint's hyper-parameters.
+
+    Lightning's CLI puts a checkpoint's hyper-parameters over the recipe's. Here the recipe keeps
+    what decides which code and weights load: the module class (a checkpoint naming another class
+    is refused, so no class path from a file is ever imported), ``backbone.name_or_path``,
+    ``backbone.extra`` and ``tokenizer``. ``model_config``: the parsed ``model`` section.
+    """
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    hp.pop("_instantiator", None)
+    class_path = hp.pop("_class_path", None)
+    if not hp:
+        return {}
+    configured = _get(model_config, "class_path")
+    if class_path is not None and class_path != configured:
+        known = MODULE_CLASSES.get(str(class_path).rsplit(".", 1)[-1])
+        if known is None or known.rsplit(".", 1)[-1] != str(configured).rsplit(".", 1)[-1]:
+            from spare_train.report import DataError
+
+            raise DataError("checkpoint_class", f"the checkpoint was written by {class_path!r}, but the "
+                            f"config builds {configured!r}; give the matching recipe", "--ckpt_path")  # fmt: skip
+    init = _get(model_config, "init_args")
+    backbone = dict(hp.get("backbone") or {})
+    mine = _get(init, "backbone")
+    for key in ("name_or_path", "extra"):
+        if mine is not None and _get(mine, key) is not None:
+            backbone[key] = _plain(_get(mine, key))
+        else:
+            backbone.pop(key, None)
+    if "extra" in (hp.get("backbone") or {}) and backbone.get("extra") is None:
+        backbone["extra"] = {}
+    hp["backbone"] = backbone
+    tokenizer = _get(init, "tokenizer")
+    if tokenizer is not None:
+        hp["tokenizer"] = tokenizer
+    else:
+        hp.pop("tokenizer", None)
+    return {"class_path": configured, "dict_kwargs": hp}
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    return obj.get(key) if hasattr(obj, "get") else getattr(obj, key, None)
+
+
+def _plain(value: Any) -> Any:
+    """A jsonargparse Namespace (or anything) as plain dicts and lists."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    return value

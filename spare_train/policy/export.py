@@ -11,16 +11,18 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from spare_train.files import atomic_path
+from spare_train.models.finite import check_weights
 from spare_train.models.hf import init_args_from_checkpoint, save_causal_lm
 
 
-def policy_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> Any:
+def policy_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None, trust_remote_code: bool = False) -> Any:
     """Rebuild the ``PolicyModule`` of a checkpoint (unquantised, trained tensors loaded; no
     reference model: an export needs none)."""
     from spare_train.models.checkpoint import trainable_names
     from spare_train.policy.module import PolicyModule
 
-    hp = init_args_from_checkpoint(PolicyModule, ckpt, dtype)
+    hp = init_args_from_checkpoint(PolicyModule, ckpt, dtype, trust_remote_code)
     hp["reference"] = "none"
     module = PolicyModule(**hp)
     module.configure_model()
@@ -35,10 +37,15 @@ def policy_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> An
 
 def export_policy(module: Any, out: str | Path, merge: bool = True) -> Path:
     """Write the policy as a Hugging Face folder (adapters merged when ``merge``; merging works
-    on a copy, so the module keeps training with its adapters afterwards)."""
+    on a copy, so the module keeps training with its adapters afterwards). Refuses non-finite
+    weights; ``out`` appears only when complete and never holds code files."""
     from peft import PeftModel
 
     from spare_train.tokenize import load_tokenizer
 
+    check_weights(module.policy, "to export", str(out))
     model = copy.deepcopy(module.policy) if merge and isinstance(module.policy, PeftModel) else module.policy
-    return save_causal_lm(model, load_tokenizer(module.tokenizer_name), out, merge=merge)
+    trust = module.backbone_cfg.extra.get("trust_remote_code", False)
+    with atomic_path(out) as tmp:
+        save_causal_lm(model, load_tokenizer(module.tokenizer_name, trust), tmp, merge=merge)
+    return Path(out)

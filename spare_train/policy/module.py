@@ -23,6 +23,7 @@ import torch
 
 from spare_train.models.backbone import BackboneConfig, backbone_config, load_backbone
 from spare_train.models.checkpoint import TrainingStateCheckpoint
+from spare_train.models.finite import NonFiniteGuard, check_loss
 from spare_train.models.optim import OptimConfig, configure_optimizers
 from spare_train.policy import losses as F_
 from spare_train.policy.objectives import Inputs, Objective, build_objective
@@ -52,6 +53,8 @@ class PolicyModule(L.LightningModule):
         warmup_ratio: fraction of steps with linear warm-up.
         logprob_chunk_rows: rows per chunk when turning logits into token log-probs.
         disable_dropout: set every dropout to 0 (policy and reference then see the same network).
+        nonfinite_loss: a NaN or infinite training loss ``raise``s an error naming the step, or
+            ``skip``s that batch and counts it (:mod:`spare_train.models.finite`).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class PolicyModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         logprob_chunk_rows: int = 1,
         disable_dropout: bool = True,
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["objective"])
@@ -100,7 +104,8 @@ class PolicyModule(L.LightningModule):
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = load_backbone(self.backbone_cfg, len(load_tokenizer(self.tokenizer_name)))
+            trust = self.backbone_cfg.extra.get("trust_remote_code", False)
+            self.policy = load_backbone(self.backbone_cfg, len(load_tokenizer(self.tokenizer_name, trust)))
         if self.hparams.disable_dropout:
             for m in self.policy.modules():
                 if isinstance(m, torch.nn.Dropout):
@@ -116,7 +121,7 @@ class PolicyModule(L.LightningModule):
             self.reference_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
 
     def configure_callbacks(self) -> list[Any]:
-        callbacks: list[Any] = [TrainingStateCheckpoint()]
+        callbacks: list[Any] = [TrainingStateCheckpoint(), NonFiniteGuard()]
         if self.reference_mode == "precomputed":
             from spare_train.policy.reference import ReferenceLogps
 
@@ -204,8 +209,10 @@ class PolicyModule(L.LightningModule):
         return obj(Inputs(logps, ref, batch, z0))
 
     # ------------------------------------------------------------------ Lightning hooks
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str, batch_idx: int = 0) -> torch.Tensor | None:
         loss, metrics = self.compute_loss(batch)
+        if stage == "train" and check_loss(self, loss, batch_idx, self.hparams.nonfinite_loss) is None:
+            return None
         bs = batch["input_ids"].shape[0] // batch["num_completions"]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, on_step=on_step, on_epoch=not on_step)
@@ -214,8 +221,8 @@ class PolicyModule(L.LightningModule):
                 self.log(f"{stage}/{k}", v, batch_size=bs, on_step=on_step, on_epoch=not on_step)
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")

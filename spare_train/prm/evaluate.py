@@ -142,6 +142,7 @@ def evaluate(
     threshold: float = 0.5,
     include_references: bool = False,
     strict: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate an exported PRM on step-annotated records: step, first-error and best-of-N metrics.
 
@@ -158,20 +159,23 @@ def evaluate(
         include_references: count reference solutions as candidates (off: they are gold answers,
             not candidates, and would make the oracle 100 %).
         strict: stop at the first malformed record instead of skipping it.
+        trust_remote_code: run code shipped with the model folder (off: a folder is data).
     """
+    from spare_train.files import atomic_write_text
     from spare_train.formats import read_records
-    from spare_train.prm.scoring import load_prm
+    from spare_train.prm.scoring import check_scores, load_prm
 
     console = Console()
     records, report = read_records(format, data, strict=strict, **(reader_options or {}))
     console.print(report.summary())
-    scores = load_prm(model).score(records, batch_size=batch_size, progress=True)
+    report.check_kept(data)
+    scores = load_prm(model, trust_remote_code=trust_remote_code).score(records, batch_size=batch_size, progress=True)
+    check_scores(scores, model)  # a broken model fails here: no metric over NaN scores is printed
     metrics = evaluate_scores(records, scores, tau=tau, threshold=threshold, include_references=include_references)
     console.print(format_table(metrics))
     result = {"model": model, "data": data, "format": format, "metrics": _jsonable(metrics),
               "read": report.to_dict(max_rejections=100)}  # fmt: skip
     if output:
-        with open(output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, ensure_ascii=False)
+        atomic_write_text(output, json.dumps(result, indent=2, ensure_ascii=False))
         console.print(f"wrote {output}")
     return result

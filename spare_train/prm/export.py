@@ -22,17 +22,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from spare_train.models.hf import init_args_from_checkpoint
+from spare_train.files import atomic_path
+from spare_train.models.finite import check_weights
+from spare_train.models.hf import init_args_from_checkpoint, remove_code_files
 from spare_train.prm.card import model_card
 
 CARD_NAME = "spare_prm.json"
 
 
-def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None) -> Any:
-    """Rebuild the ``PRMModule`` of a checkpoint with unquantised frozen weights, trained tensors loaded."""
+def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Rebuild the ``PRMModule`` of a checkpoint with unquantised frozen weights, trained tensors loaded
+    (loader options from the checkpoint are cut to safe ones: :func:`~spare_train.models.hf.checkpoint_backbone`)."""
     from spare_train.prm.module import PRMModule
 
-    hp = init_args_from_checkpoint(PRMModule, ckpt, dtype)
+    hp = init_args_from_checkpoint(PRMModule, ckpt, dtype, trust_remote_code)
     module = PRMModule(**hp)
     module.configure_model()
     result = module.load_state_dict(ckpt["state_dict"], strict=hp["backbone"].lora is None)
@@ -57,11 +60,18 @@ def prm_info(module: Any, adapter: bool) -> dict[str, Any]:
 
 
 def export_module(module: Any, out: str | Path, merge: bool = True) -> Path:
-    """Write ``module`` (a configured ``PRMModule``) to ``out``; see the module docstring."""
+    """Write ``module`` (a configured ``PRMModule``) to ``out``; see the module docstring.
+
+    Refuses (:class:`~spare_train.models.finite.NonFiniteError`) a model with a NaN or infinite
+    weight; ``out`` appears only when complete and never holds code files.
+    """
+    check_weights(module, "to export", str(out))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    adapter = module.head.export(module, out, merge)
-    info = prm_info(module, adapter)
-    (out / CARD_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    (out / "README.md").write_text(model_card(info, str(out)))
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        adapter = module.head.export(module, tmp, merge)
+        info = prm_info(module, adapter)
+        (tmp / CARD_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        (tmp / "README.md").write_text(model_card(info, str(out)))
+        remove_code_files(tmp)
     return out

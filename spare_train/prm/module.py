@@ -22,6 +22,7 @@ from torch import Tensor
 
 from spare_train.models.backbone import BackboneConfig, backbone_config, load_backbone
 from spare_train.models.checkpoint import TrainingStateCheckpoint
+from spare_train.models.finite import NonFiniteGuard, check_loss
 from spare_train.models.optim import OptimConfig, configure_optimizers
 from spare_train.prm.heads import get_head, step_logits, step_scores
 from spare_train.prm.loss import soft_cross_entropy
@@ -54,6 +55,8 @@ class PRMModule(L.LightningModule):
         betas: Adam betas.
         scheduler: learning-rate shape after warmup (transformers' ``get_*_schedule_with_warmup``).
         warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
+        nonfinite_loss: a NaN or infinite training loss ``raise``s an error naming the step, or
+            ``skip``s that batch and counts it (:mod:`spare_train.models.finite`).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class PRMModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         scheduler: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_ratio: float = 0.0,
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,7 +105,7 @@ class PRMModule(L.LightningModule):
     def tokenizer(self) -> Any:
         """The tokenizer, with the step tag added as one token when it was not."""
         if self._tokenizer is None:
-            tok = load_tokenizer(self.tokenizer_name)
+            tok = load_tokenizer(self.tokenizer_name, self.backbone_cfg.extra.get("trust_remote_code", False))
             prepare_tokenizer(tok, self.format_config)
             self._tokenizer = tok
         return self._tokenizer
@@ -120,7 +124,7 @@ class PRMModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes
 
     def configure_callbacks(self) -> list[Any]:
-        return [TrainingStateCheckpoint()]
+        return [TrainingStateCheckpoint(), NonFiniteGuard()]
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-step logits ``[B, S, 2]`` (incorrect, correct)."""
@@ -138,10 +142,12 @@ class PRMModule(L.LightningModule):
         )
 
     # ---- loops --------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         curriculum = self.global_step < self.hparams.first_error_steps
-        loss = self.loss(self(batch), batch, first_error_only=curriculum)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["step_labels"].shape[0])
+        loss = check_loss(self, self.loss(self(batch), batch, first_error_only=curriculum), batch_idx,
+                          self.hparams.nonfinite_loss)  # fmt: skip
+        if loss is not None:
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["step_labels"].shape[0])
         return loss
 
     def _eval_step(self, batch: dict[str, Any], prefix: str, metrics: Any) -> None:

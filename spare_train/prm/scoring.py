@@ -7,11 +7,16 @@ Weights load from safetensors only (``use_safetensors=True``): no pickle is ever
 
 A step that did not fit ``max_length`` is **unscored**: its score is ``None`` (``null`` in JSON),
 and every metric leaves it out and counts it (:mod:`spare_train.prm.metrics`).
+
+A folder is data, not code: code it ships (``auto_map``) runs only with the caller's explicit
+``trust_remote_code``. A model that cannot produce finite scores is an error
+(:func:`check_scores`), never a file of NaN scores: ``score`` and ``evaluate`` exit non-zero.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,15 +42,22 @@ class PRM:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def score(self, records: list[StepRecord], batch_size: int = 16, progress: bool = False) -> list[StepScores]:
-        """Scores of every step of every record, in input order (``None``: cut by ``max_length``)."""
+    def score(
+        self, records: list[StepRecord], batch_size: int = 16, progress: bool = False, report: Any = None
+    ) -> list[StepScores]:
+        """Scores of every step of every record, in input order (``None``: cut by ``max_length``).
+
+        ``report``: a :class:`~spare_train.report.Report` that receives the tokenizer's repairs and
+        the records it could not format (their steps stay ``None``).
+        """
         from spare_train.data.prm import StepCollator
         from spare_train.prm.heads import step_logits, step_scores
         from spare_train.report import Report
         from spare_train.tokenize import tokenize_records
 
         keyed = [replace(r, id=str(i)) for i, r in enumerate(records)]  # ids may repeat; positions do not
-        examples = tokenize_records(keyed, self.tokenizer, self.format_config, Report(), self.tag_id)
+        report = report if report is not None else Report()
+        examples = tokenize_records(keyed, self.tokenizer, self.format_config, report, self.tag_id)
         examples.sort(key=lambda e: len(e["input_ids"]))  # less padding
         out: list[StepScores] = [[None] * len(r.steps) for r in records]
         collate = StepCollator(self.tokenizer.pad_token_id)
@@ -72,8 +84,14 @@ class PRM:
         return self.score([record])[0]
 
 
-def load_prm(path: str | Path, device: str | None = None, dtype: str | None = None) -> PRM:
-    """Load a folder written by ``spare-train export`` (merged weights or a peft adapter)."""
+def load_prm(
+    path: str | Path, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
+) -> PRM:
+    """Load a folder written by ``spare-train export`` (merged weights or a peft adapter).
+
+    ``trust_remote_code``: run code the folder (or an adapter's base model) ships; off unless the
+    caller says so, whatever the folder's files ask for.
+    """
     from transformers import AutoTokenizer
 
     from spare_train.prm.export import CARD_NAME
@@ -82,14 +100,27 @@ def load_prm(path: str | Path, device: str | None = None, dtype: str | None = No
 
     path = Path(path)
     info = json.loads((path / CARD_NAME).read_text())
-    kwargs: dict[str, Any] = {"use_safetensors": True}
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model, head = get_head(info["head"]).load(path, info, tokenizer, kwargs)
     if device:
         model = model.to(device)
     return PRM(model, head, tokenizer, FormatConfig(**info["format"]), info["tag_id"])
+
+
+def check_scores(scores: list[StepScores], model: str) -> int:
+    """The number of unscored (``None``) steps; raises :class:`~spare_train.models.finite.NonFiniteError`
+    when a scored step is NaN or infinite (a broken model must not pass for a low or high score)."""
+    from spare_train.models.finite import NonFiniteError
+
+    values = [x for s in scores for x in s if x is not None]
+    bad = sum(not math.isfinite(x) for x in values)
+    if bad:
+        raise NonFiniteError("nonfinite_scores", f"{bad} of {len(values)} step scores are not finite: the model's "
+                             "weights or its input are broken; no scores or metrics are written", model)  # fmt: skip
+    return sum(x is None for s in scores for x in s)
 
 
 def score(
@@ -102,36 +133,45 @@ def score(
     batch_size: int = 16,
     device: str | None = None,
     strict: bool = False,
+    trust_remote_code: bool = False,
 ) -> int:
     """Score step-annotated records with an exported PRM.
 
     Writes one JSON line per record, in input order: ``{"id", "step_scores", "score"}``. A step
-    cut by the model's ``max_length`` gets ``null`` and ``score`` aggregates the scored steps.
+    cut by the model's ``max_length`` gets ``null`` and ``score`` aggregates the scored steps. A
+    model that cannot produce finite scores writes nothing and exits 1.
 
     Args:
         model: folder written by ``spare-train export``.
         input: record file, folder of shards or glob.
         output: JSONL file to write.
-        format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions).
+        format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions,
+            records).
         reader_options: keyword options of the reader, e.g. ``'{"add_reference": true}'``.
         aggregate: solution score from step scores: min, prod, last or mean.
         batch_size: solutions per forward pass.
         device: e.g. ``cuda`` (default: cpu).
         strict: stop at the first malformed record instead of skipping it.
+        trust_remote_code: run code shipped with the model folder (off: a folder is data).
     """
+    from spare_train.files import atomic_path
     from spare_train.formats import read_records
     from spare_train.records import aggregate as agg
+    from spare_train.report import Report
 
     records, report = read_records(format, input, strict=strict, **(reader_options or {}))
-    prm = load_prm(model, device=device)
-    scores = prm.score(records, batch_size=batch_size, progress=True)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as f:
+    report.check_kept(input)
+    prm = load_prm(model, device=device, trust_remote_code=trust_remote_code)
+    formatting = Report(strict=strict)
+    scores = prm.score(records, batch_size=batch_size, progress=True, report=formatting)
+    unscored = check_scores(scores, model)
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for rec, s in zip(records, scores, strict=True):
             total = agg([x for x in s if x is not None], aggregate)
             row = {"id": rec.id, "step_scores": s, "score": None if total != total else total}
             f.write(json.dumps(row) + "\n")
-    unscored = sum(x is None for s in scores for x in s)
     print(f"scored {len(records)} records ({unscored} steps unscored, cut by max_length; "
           f"{len(report.rejected)} records rejected while reading) -> {output}")  # fmt: skip
+    if formatting.rejected or formatting.repaired:
+        print(f"formatting: {formatting.summary()}")
     return 0

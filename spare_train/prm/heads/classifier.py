@@ -120,10 +120,11 @@ class ClassifierHead(PRMHead):
         out.mkdir(parents=True, exist_ok=True)
         cfg, trained, tok = module.backbone_cfg, module.model, module.tokenizer
         base = resolve_model_path(cfg.name_or_path)
-        config = classifier_config(AutoConfig.from_pretrained(base), self.kind)
+        trust = cfg.extra.get("trust_remote_code", False)
+        config = classifier_config(AutoConfig.from_pretrained(base, trust_remote_code=trust), self.kind)
         config.save_pretrained(out)  # the base's vocabulary size: written before the embeddings grow
         model = AutoModelForTokenClassification.from_pretrained(
-            base, config=copy.deepcopy(config), **{"dtype": DTYPES[cfg.dtype], **cfg.extra}
+            base, config=copy.deepcopy(config), **{"dtype": DTYPES[cfg.dtype], "trust_remote_code": False, **cfg.extra}
         )
         if len(tok) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tok))
@@ -190,7 +191,8 @@ def _load_adapter(path: Path, vocab: int, kwargs: dict[str, Any]) -> Any:
     from spare_train.models.backbone import resolve_model_path
 
     base_path = resolve_model_path(PeftConfig.from_pretrained(path).base_model_name_or_path)
-    base = AutoModelForTokenClassification.from_pretrained(base_path, config=AutoConfig.from_pretrained(path), **kwargs)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    base = AutoModelForTokenClassification.from_pretrained(base_path, config=config, **kwargs)
     if vocab > base.get_input_embeddings().num_embeddings:  # only grow, as AutoPeftModel does
         base.resize_token_embeddings(vocab)
     return PeftModel.from_pretrained(base, path)
