@@ -61,6 +61,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
 
     from lightning.pytorch import LightningDataModule, LightningModule
 
+    from spare_train.launch.tracking import SaveAndLogConfig
+
     return SpareCLI(
         LightningModule,
         LightningDataModule,
@@ -69,6 +71,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
         args=args,
         run=run,
         seed_everything_default=0,
+        save_config_callback=SaveAndLogConfig,  # also logs the resolved recipe to wandb
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": False},
     )
