@@ -30,6 +30,7 @@ commands:
   evaluate  step / first-error / best-of-N metrics of an exported PRM
   export    write a Hugging Face folder from a checkpoint
   score     score step-annotated records with an exported PRM
+  slurm     submit: a recipe (or wandb sweep agents) as a checked SLURM job (docs/cluster.md)
 
 `spare-train COMMAND --help` shows each command's options."""
 
@@ -73,6 +74,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
 
     from lightning.pytorch import LightningDataModule, LightningModule
 
+    from spare_train.launch.tracking import SaveAndLogConfig
+
     return SpareCLI(
         LightningModule,
         LightningDataModule,
@@ -81,6 +84,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
         args=args,
         run=run,
         seed_everything_default=0,
+        save_config_callback=SaveAndLogConfig,  # also logs the resolved recipe to wandb
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": False},
     )
@@ -92,7 +96,7 @@ def _doc_params(fn: Callable) -> dict[str, str]:
     return {p.arg_name: (p.description or "").replace("\n", " ") for p in parse(fn.__doc__ or "").params}
 
 
-def function_parser(fn: Callable, prog: str, positional: tuple[str, ...] = ()) -> Any:
+def function_parser(fn: Callable, prog: str, positional: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> Any:
     """A parser for ``fn``'s typed signature; booleans become bare flags (``--x`` / ``--no_x``)."""
     from jsonargparse import ActionYesNo, ArgumentParser
 
@@ -102,7 +106,7 @@ def function_parser(fn: Callable, prog: str, positional: tuple[str, ...] = ()) -
     docs = _doc_params(fn)
     for name in positional:
         parser.add_argument(name, help=docs.get(name, ""))
-    parser.add_function_arguments(fn, skip=flags | set(positional), fail_untyped=True)
+    parser.add_function_arguments(fn, skip=flags | set(positional) | set(skip), fail_untyped=True)
     for name in sorted(flags):
         parser.add_argument(f"--{name}", action=ActionYesNo, default=params[name].default, help=docs.get(name, ""))
     return parser
@@ -199,8 +203,26 @@ def _dispatch(argv: list[str]) -> int:
         return run_command(f"data {sub}", argv[2:])
     if command in ("evaluate", "export", "score"):
         return run_command(command, argv[1:])
+    if command == "slurm":
+        return _slurm(argv[1:])
     print(f"spare-train: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def _slurm(argv: list[str]) -> int:
+    from spare_train.launch.slurm import SubmitError, split_fit_args, submit
+
+    if argv[:1] != ["submit"]:
+        print("usage: spare-train slurm submit --config RECIPE --nodes N --gpus-per-node G [options] [-- fit options]\n"
+              "`spare-train slurm submit --help` shows its options.", file=sys.stderr)  # fmt: skip
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    own, fit_args = split_fit_args(argv[1:])
+    ns = function_parser(submit, "spare-train slurm submit", skip=("fit_args",)).parse_args(own).as_dict()
+    try:
+        return submit(**ns, fit_args=fit_args)
+    except SubmitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

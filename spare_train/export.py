@@ -36,6 +36,7 @@ def export(
     merge: bool = False,
     dtype: Literal["float32", "bfloat16", "float16"] | None = None,
     trust_remote_code: bool = False,
+    wandb_project: str | None = None,
 ) -> int:
     """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule.
 
@@ -46,18 +47,26 @@ def export(
             always saved whole).
         dtype: weight dtype of the export (default: the training dtype).
         trust_remote_code: run code shipped with the base model (never taken from the checkpoint).
+        wandb_project: also log the folder as a wandb ``model`` artifact in this project
+            (``PROJECT`` or ``ENTITY/PROJECT``; ``WANDB_MODE=offline`` keeps it local).
     """
     checkpoint = load_checkpoint(ckpt)
-    if checkpoint_kind(checkpoint) == "policy":
+    kind = checkpoint_kind(checkpoint)
+    if kind == "policy":
         from spare_train.policy.export import export_policy, policy_from_checkpoint
 
         policy = policy_from_checkpoint(checkpoint, dtype, trust_remote_code)
         export_policy(policy, out, merge=merge or policy.backbone_cfg.lora is None)
         print(f"exported policy to {out}")
-        return 0
-    from spare_train.prm.export import export_module, module_from_checkpoint
+    else:
+        from spare_train.prm.export import export_module, module_from_checkpoint
 
-    module = module_from_checkpoint(checkpoint, dtype, trust_remote_code)
-    export_module(module, Path(out), merge=merge or module.backbone_cfg.lora is None)
-    print(f"exported PRM to {out}")
+        module = module_from_checkpoint(checkpoint, dtype, trust_remote_code)
+        export_module(module, Path(out), merge=merge or module.backbone_cfg.lora is None)
+        print(f"exported PRM to {out}")
+    if wandb_project:
+        from spare_train.launch.tracking import log_model_artifact
+
+        meta = {"kind": kind, "checkpoint": str(Path(ckpt).resolve()), "global_step": checkpoint.get("global_step")}
+        print(f"logged wandb artifact {log_model_artifact(out, wandb_project, metadata=meta)!r}")
     return 0

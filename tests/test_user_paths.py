@@ -78,6 +78,7 @@ def test_installed_package_runs_outside_the_checkout(tmp_path):
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-2000:]
     assert (target / "spare_train" / "recipes" / "prm" / "tiny.yaml").is_file()
+    assert (target / "spare_train" / "launch" / "templates" / "sweep-trial.sh").is_file()
     assert (target / "spare_train" / "assets" / "synth" / "train.jsonl").is_file()
     work = tmp_path / "elsewhere"
     work.mkdir()
