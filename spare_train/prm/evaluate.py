@@ -158,9 +158,10 @@ def evaluate(
         strict: stop at the first malformed record instead of skipping it.
     """
     from spare_train.formats import read_records
-    from spare_train.prm.scoring import load_prm
+    from spare_train.prm.scoring import check_prm_folder, load_prm
 
     console = Console()
+    check_prm_folder(model)  # a wrong folder fails before the data is read
     records, report = read_records(format, data, strict=strict, **(reader_options or {}))
     console.print(report.summary())
     scores = load_prm(model).score(records, batch_size=batch_size, progress=True)

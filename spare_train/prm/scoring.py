@@ -7,11 +7,20 @@ Weights load from safetensors only (``use_safetensors=True``): no pickle is ever
 
 A step that did not fit ``max_length`` is **unscored**: its score is ``None`` (``null`` in JSON),
 and every metric leaves it out and counts it (:mod:`spare_train.prm.metrics`).
+
+``records`` can be :class:`~spare_train.records.StepRecord` objects, dicts (the record format
+``spare-train data convert`` writes; only ``prompt`` or ``question``, and ``steps``, are
+required), or a path read with a reader (:func:`as_records`)::
+
+    prm = load_prm("prm-out")
+    prm.score([{"question": "Start with 3. Add 2. What is the result?", "steps": ["3 + 2 = 5", "The answer is 5."]}])
+    prm.score("data/synth/test.jsonl")              # format="spare" by default
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,9 +29,38 @@ import torch
 from torch import nn
 
 from spare_train.records import Prompt, StepRecord
+from spare_train.report import DataError
 
 #: a list of per-step scores; ``None`` marks a step cut by ``max_length`` (unscored)
 StepScores = list[float | None]
+#: what :meth:`PRM.score` accepts
+Records = list[StepRecord] | list[dict[str, Any]] | str | Path
+
+
+def as_records(records: Records, format: str = "spare", reader_options: dict[str, Any] | None = None) -> list[StepRecord]:
+    """``records`` as StepRecords: StepRecords as they are; a dict in the record format ``data
+    convert`` writes (``id``, ``group_id`` and ``labels`` may be left out, and ``prompt`` given as
+    ``question`` / ``instruction`` / ``context`` keys); a path (file, folder of shards, glob) read
+    with reader ``format`` (its kept records, in file order). Anything else is a ``TypeError``."""
+    if isinstance(records, (str, Path)):
+        from spare_train.formats import read_records
+
+        return read_records(format, str(records), **(reader_options or {}))[0]
+    if isinstance(records, (StepRecord, dict)) or not isinstance(records, (list, tuple)):
+        raise TypeError(f"records must be a list of StepRecords or dicts, or a path; got {type(records).__name__}")
+    out = []
+    for i, r in enumerate(records):
+        if isinstance(r, StepRecord):
+            out.append(r)
+            continue
+        if not isinstance(r, dict) or not isinstance(r.get("steps"), list) or not ("prompt" in r or "question" in r):
+            raise TypeError(f"records[{i}] must be a StepRecord or a dict with 'steps' (a list) and 'prompt' or "
+                            f"'question'; got {type(r).__name__}{' with keys ' + str(sorted(r)) if isinstance(r, dict) else ''}")  # fmt: skip
+        d = {"id": str(i), "group_id": str(i), "labels": [None] * len(r["steps"]), **r}
+        if "prompt" not in d:
+            d["prompt"] = {k: d.pop(k) for k in ("question", "instruction", "context") if k in d}
+        out.append(StepRecord.from_dict(d))
+    return out
 
 
 class PRM:
@@ -37,23 +75,28 @@ class PRM:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def score(self, records: list[StepRecord], batch_size: int = 16, progress: bool = False) -> list[StepScores]:
-        """Scores of every step of every record, in input order (``None``: cut by ``max_length``)."""
+    def score(self, records: Records, batch_size: int = 16, progress: bool = False, format: str = "spare") -> list[StepScores]:
+        """Scores of every step of every record, in input order (``None``: cut by ``max_length``).
+
+        ``records``: StepRecords, dicts or a path (read with reader ``format``); see :func:`as_records`.
+        ``progress``: show a bar in a terminal, a line every 30 s otherwise (:func:`spare_train.progress.track`).
+        """
         from spare_train.data.prm import StepCollator
         from spare_train.prm.heads import step_logits, step_scores
         from spare_train.report import Report
         from spare_train.tokenize import tokenize_records
 
+        records = as_records(records, format)
         keyed = [replace(r, id=str(i)) for i, r in enumerate(records)]  # ids may repeat; positions do not
         examples = tokenize_records(keyed, self.tokenizer, self.format_config, Report(), self.tag_id)
         examples.sort(key=lambda e: len(e["input_ids"]))  # less padding
         out: list[StepScores] = [[None] * len(r.steps) for r in records]
         collate = StepCollator(self.tokenizer.pad_token_id)
-        starts = range(0, len(examples), batch_size)
+        starts: Any = range(0, len(examples), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from spare_train.progress import track
 
-            starts = tqdm(starts, desc="scoring", unit="batch", mininterval=10.0)
+            starts = track(starts, len(starts), "scoring")
         for start in starts:
             chunk = examples[start : start + batch_size]
             batch = collate(chunk)
@@ -72,6 +115,17 @@ class PRM:
         return self.score([record])[0]
 
 
+def check_prm_folder(path: str | Path) -> Path:
+    """``path`` if it is a folder written by ``spare-train export`` of a PRM, else a ``DataError``."""
+    from spare_train.prm.export import CARD_NAME
+
+    path = Path(path)
+    if not (path / CARD_NAME).is_file():
+        what = "no such folder" if not path.exists() else "not a folder" if not path.is_dir() else f"no {CARD_NAME} in it"
+        raise DataError("not_a_prm", f"{what}: give a folder written by `spare-train export` of a PRM checkpoint", str(path))
+    return path
+
+
 def load_prm(path: str | Path, device: str | None = None, dtype: str | None = None) -> PRM:
     """Load a folder written by ``spare-train export`` (merged weights or a peft adapter)."""
     from transformers import AutoTokenizer
@@ -80,7 +134,7 @@ def load_prm(path: str | Path, device: str | None = None, dtype: str | None = No
     from spare_train.prm.heads import get_head
     from spare_train.tokenize import FormatConfig
 
-    path = Path(path)
+    path = check_prm_folder(path)
     info = json.loads((path / CARD_NAME).read_text())
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if dtype:
@@ -122,7 +176,9 @@ def score(
     from spare_train.formats import read_records
     from spare_train.records import aggregate as agg
 
+    check_prm_folder(model)  # a wrong folder fails before the data is read
     records, report = read_records(format, input, strict=strict, **(reader_options or {}))
+    print(report.summary(), file=sys.stderr)
     prm = load_prm(model, device=device)
     scores = prm.score(records, batch_size=batch_size, progress=True)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
