@@ -9,7 +9,8 @@
   recipe asks for them.
 * **Lightning's adverts and notices** (the litlogger / litmodels "💡 Tip" lines, "tensorboardX has
   been removed": runs without a ``logger`` in their recipe log CSV files under
-  ``trainer.default_root_dir``, which is what that notice says) and deprecation warnings raised
+  ``trainer.default_root_dir``, which is what that notice says; "modules in eval mode": the frozen
+  reference copy of ``reference: copy`` is in eval mode on purpose) and deprecation warnings raised
   *inside* Lightning / peft about torch / transformers APIs (nothing a user's code calls) are
   silenced by :func:`silence_third_party`, which the entry points call (``spare-train``, the
   demos); importing spare_train as a library changes no warning filter.
@@ -34,6 +35,7 @@ SILENCED_WARNINGS = (
     r"Starting from v1\.9\.0, `tensorboardX` has been removed",  # we log CSV unless a recipe names a logger
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own use of a torch API
     r"`is_gradient_checkpointing` is deprecated",  # peft's own use of a transformers API
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen reference copy, on purpose
 )
 #: Lightning's INFO-level adverts (logged through these loggers)
 _TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
