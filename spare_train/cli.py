@@ -10,8 +10,8 @@ spelled the same way (``--reader_options``, ``--batch_size``); boolean options a
 A user's mistake (a wrong option, format, path or file) ends the command here, in
 :func:`main`, with one ``error: …`` line and a non-zero exit instead of a traceback: the parsers
 raise instead of exiting, the small checks below (:func:`check_reader`, :func:`check_configs`) and
-the commands raise :class:`~spare_train.report.DataError`, and :data:`USER_ERRORS` are printed.
-Anything else is a bug and keeps its traceback.
+the commands raise :class:`~spare_train.report.DataError`, and :func:`main` prints what
+:func:`user_errors` lists. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -74,11 +74,16 @@ def check_reader(fmt: str, options: dict[str, Any] | None, where: str = "--forma
                         f"{', '.join(sorted(known)) or 'none'}", "--reader_options")  # fmt: skip
 
 
+def config_paths(argv: list[str]) -> list[str]:
+    """The files given as ``--config FILE`` or ``--config=FILE``."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return paths + [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+
+
 def check_configs(argv: list[str]) -> None:
     """Every ``--config FILE`` exists (jsonargparse would print the whole usage first)."""
-    for i, a in enumerate(argv):
-        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.partition("=")[2] if a.startswith("--config=") else None
-        if path is not None and not Path(path).is_file():
+    for path in config_paths(argv):
+        if not Path(path).is_file():
             raise DataError("missing_config", f"no such file: {path} (recipes are in recipes/, or bundled:recipes/…)", "--config")
 
 
@@ -219,16 +224,19 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     from spare_train.assets import resolve_bundled
 
     out = []
-    for i, a in enumerate(argv):
-        if i and argv[i - 1] == "--config":
-            a = resolve_bundled(a)
-        elif a.startswith("--config="):
-            a = "--config=" + resolve_bundled(a[len("--config=") :])
-        out.append(a)
+    try:
+        for i, a in enumerate(argv):
+            if i and argv[i - 1] == "--config":
+                a = resolve_bundled(a)
+            elif a.startswith("--config="):
+                a = "--config=" + resolve_bundled(a[len("--config=") :])
+            out.append(a)
+    except FileNotFoundError as err:  # an unknown bundled: root
+        raise DataError("missing_config", str(err), "--config") from None
     return out
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
     """What a user's mistake raises: our :class:`DataError` and a parser's ``ArgumentError``."""
     from jsonargparse import ArgumentError
 
@@ -237,12 +245,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     silence_third_party()
-    argv = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv = resolve_config_args(argv)
         if argv and argv[0] in LIGHTNING_COMMANDS:
             check_configs(argv)
         return _dispatch(argv)
-    except _user_errors() as err:
+    except user_errors() as err:
         command = " ".join(argv[: 2 if argv[:1] == ["data"] else 1])
         print(f"error: {err}", file=sys.stderr)
         if not isinstance(err, DataError):
