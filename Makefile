@@ -10,9 +10,11 @@ export WANDB_MODE ?= offline
 
 .PHONY: install demo test test-fast clean
 
+# pip prints a line per package (no --quiet): a log shows the install moving; see README for the time
 $(STAMP): pyproject.toml
+	@echo "installing spare-train and its dependencies into $(VENV)/ (one line per package; see README for how long)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

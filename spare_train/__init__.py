@@ -1,6 +1,9 @@
 """spare-train: process reward models and offline RL from step-level annotations."""
 
+from spare_train.quiet import defer_bitsandbytes
 from spare_train.records import Prompt, Source, StepRecord
+
+defer_bitsandbytes()  # peft would import bitsandbytes on every command; see spare_train.quiet
 
 __version__ = "0.1.0"
 

@@ -5,17 +5,27 @@ Trainer, the LightningModule and the DataModule, generated from their signatures
 The other commands are parsers built from the functions that run them (``data convert|prepare|
 synth``, ``evaluate``, ``export``, ``score``), so ``--help`` is the reference and every flag is
 spelled the same way (``--reader_options``, ``--batch_size``); boolean options are bare flags
-(``--strict``, ``--no_strict``). Imports are lazy, so ``spare-train data …`` never imports
-Lightning.
+(``--strict``, ``--no_strict``). Each command imports only its own module.
+
+A user's mistake (a wrong option, format, path or file) ends the command here, in
+:func:`main`, with one ``error: …`` line and a non-zero exit instead of a traceback: the parsers
+raise instead of exiting, the small checks below (:func:`check_reader`, :func:`check_configs`) and
+the commands raise :class:`~spare_train.report.DataError`, and :func:`main` prints what
+:func:`user_errors` lists. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from spare_train.quiet import silence_third_party
+from spare_train.report import DataError
 
 #: commands handled by Lightning's CLI
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -34,7 +44,7 @@ commands:
 
 `spare-train COMMAND --help` shows each command's options."""
 
-#: what users change first in a recipe, shown at the top of ``spare-train fit --help``
+#: what users change first in a recipe, shown at the end of ``spare-train fit --help``
 FIT_TIPS = """Options users change first (any option of a recipe can be overridden the same way):
   --config RECIPE                       a recipe from recipes/ (give --config twice to add a fragment)
   --trainer.max_steps N                 optimizer steps (recipes report how many ran)
@@ -43,21 +53,84 @@ FIT_TIPS = """Options users change first (any option of a recipe can be overridd
   --data.init_args.batch_size N         examples per batch per device
   --trainer.default_root_dir DIR        where logs and checkpoints go
   --ckpt_path last                      resume from the newest checkpoint of the run
-  --print_config                        show the resolved recipe and stop"""
+  --print_config                        show the resolved recipe and stop
+  --model.help CLASS, --data.help CLASS the options of a recipe's model or data class, e.g.
+                                        --model.help spare_train.prm.PRMModule"""
+
+
+FIT_HELP = {"epilog": FIT_TIPS, "description": "Train a PRM or an offline-RL policy from a recipe. The options "
+            "users change first are listed at the end of this help."}  # fmt: skip
+
+
+def check_reader(fmt: str, options: dict[str, Any] | None, where: str = "--format") -> None:
+    """A reader name and its options, checked before any file is read (``DataError`` otherwise)."""
+    from spare_train.formats import READERS, reader_options
+
+    if fmt not in READERS:
+        raise DataError("unknown_format", f"{fmt!r} is not a reader; choose one of {', '.join(sorted(READERS))}", where)
+    known = reader_options(fmt)
+    unknown = sorted(set(options or {}) - set(known))
+    if unknown:
+        raise DataError("unknown_reader_option", f"{', '.join(unknown)} for format {fmt!r}; its options are "
+                        f"{', '.join(sorted(known)) or 'none'}", "--reader_options")  # fmt: skip
+
+
+def config_paths(argv: list[str]) -> list[str]:
+    """The files given as ``--config FILE`` or ``--config=FILE``."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return paths + [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+
+
+def check_configs(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists (jsonargparse would print the whole usage first)."""
+    for path in config_paths(argv):
+        if not Path(path).is_file():
+            raise DataError("missing_config", f"no such file: {path} (recipes are in recipes/, or bundled:recipes/…)", "--config")
+
+
+def _help_formatter() -> type:
+    from jsonargparse import DefaultHelpFormatter
+
+    class KeepLines(DefaultHelpFormatter):
+        """Prints descriptions and the epilog as written (the fit tips are a table)."""
+
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+
+    return KeepLines
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
     """Lightning's CLI for ``args`` (``[subcommand, options…]``); see :class:`SpareCLI`."""
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
+
+    from spare_train.progress import progress_bar
+
+    silence_third_party()
 
     class SpareCLI(LightningCLI):
         """Links the DataModule's tokenizer and prompt format to the model, so a recipe writes
-        them once, under ``data``, and the trained model (and its export) carries them."""
+        them once, under ``data``, and the trained model (and its export) carries them. Checks the
+        reader right after parsing, and adds :func:`spare_train.progress.progress_bar` unless
+        the recipe names a progress bar."""
 
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.link_arguments("data.tokenizer_name", "model.init_args.tokenizer", apply_on="instantiate")
             parser.link_arguments("data.format_config", "model.init_args.prompt_format", apply_on="instantiate")
-            parser.description = FIT_TIPS
+
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            self.config = parser.parse_args(args)  # as Lightning's, without its args-and-sys.argv warning
+            sub = self.config.get("subcommand")
+            data = ((self.config[sub] if sub else self.config).get("data") or {}).get("init_args") or {}
+            if data.get("format") is not None:
+                check_reader(data["format"], data.get("reader_options"), "--data.init_args.format")
+
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+            named = [*(config.get("callbacks") or []), *callbacks]
+            if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in named):
+                callbacks = [*callbacks, progress_bar()]
+            return super()._instantiate_trainer(config, callbacks)
 
         def _parse_ckpt_path(self) -> None:
             """As Lightning's, but a checkpoint's hyper-parameters cannot choose the module class,
@@ -86,8 +159,10 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
         seed_everything_default=0,
         save_config_callback=SaveAndLogConfig,  # also logs the resolved recipe to wandb
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
-    )
+        parser_kwargs={"prog": "spare-train", "default_env": False, "exit_on_error": False,
+                       "formatter_class": _help_formatter(),  # subcommands inherit it
+                       **{c: {"exit_on_error": False, **(FIT_HELP if c == "fit" else {})} for c in LIGHTNING_COMMANDS}},
+    )  # fmt: skip
 
 
 def _doc_params(fn: Callable) -> dict[str, str]:
@@ -100,7 +175,8 @@ def function_parser(fn: Callable, prog: str, positional: tuple[str, ...] = (), s
     """A parser for ``fn``'s typed signature; booleans become bare flags (``--x`` / ``--no_x``)."""
     from jsonargparse import ActionYesNo, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n\n")[0], default_env=False)
+    description = inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+    parser = ArgumentParser(prog=prog, description=description, default_env=False, exit_on_error=False)
     params = inspect.signature(fn).parameters
     flags = {n for n, p in params.items() if p.annotation in (bool, "bool")}
     docs = _doc_params(fn)
@@ -112,19 +188,20 @@ def function_parser(fn: Callable, prog: str, positional: tuple[str, ...] = (), s
     return parser
 
 
-def _commands() -> dict[str, tuple[Callable, tuple[str, ...]]]:
-    from spare_train.data.commands import convert, prepare
-    from spare_train.export import export
-    from spare_train.prm.evaluate import evaluate
-    from spare_train.prm.scoring import score
+#: command -> (``module:function`` that runs it, its positional arguments)
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "data convert": ("spare_train.data.commands:convert", ()),
+    "data prepare": ("spare_train.data.commands:prepare", ()),
+    "evaluate": ("spare_train.prm.evaluate:evaluate", ()),
+    "export": ("spare_train.export:export", ("ckpt", "out")),
+    "score": ("spare_train.prm.scoring:score", ()),
+}
 
-    return {
-        "data convert": (convert, ()),
-        "data prepare": (prepare, ()),
-        "evaluate": (evaluate, ()),
-        "export": (export, ("ckpt", "out")),
-        "score": (score, ()),
-    }
+
+def command_function(name: str) -> tuple[Callable, tuple[str, ...]]:
+    target, positional = COMMANDS[name]
+    module, _, fn = target.partition(":")
+    return getattr(importlib.import_module(module), fn), positional
 
 
 def _synth_parser() -> Any:
@@ -132,7 +209,7 @@ def _synth_parser() -> Any:
 
     from spare_train.synth import SynthConfig
 
-    parser = ArgumentParser(prog="spare-train data synth", default_env=False,
+    parser = ArgumentParser(prog="spare-train data synth", default_env=False, exit_on_error=False,
                             description="Generate the synthetic SPARE data (see data/README.md).")  # fmt: skip
     parser.add_argument("--output", required=True, help="the JSONL file to write")
     parser.add_class_arguments(SynthConfig, nested_key=None)
@@ -148,8 +225,12 @@ def run_command(name: str, argv: list[str]) -> int:
         ns = _synth_parser().parse_args(argv).as_dict()
         output = ns.pop("output")
         return synth(output, SynthConfig(**ns))
-    fn, positional = _commands()[name]
+    fn, positional = command_function(name)
     ns = function_parser(fn, f"spare-train {name}", positional).parse_args(argv).as_dict()
+    if "format" in ns:
+        check_reader(ns["format"], ns.get("reader_options"))
+    if name == "data prepare":
+        check_configs(["--config", ns["config"]])
     result = fn(**ns)
     return result if isinstance(result, int) else 0
 
@@ -160,24 +241,39 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     from spare_train.assets import resolve_bundled
 
     out = []
-    for i, a in enumerate(argv):
-        if i and argv[i - 1] == "--config":
-            a = resolve_bundled(a)
-        elif a.startswith("--config="):
-            a = "--config=" + resolve_bundled(a[len("--config=") :])
-        out.append(a)
+    try:
+        for i, a in enumerate(argv):
+            if i and argv[i - 1] == "--config":
+                a = resolve_bundled(a)
+            elif a.startswith("--config="):
+                a = "--config=" + resolve_bundled(a[len("--config=") :])
+            out.append(a)
+    except FileNotFoundError as err:  # an unknown bundled: root
+        raise DataError("missing_config", str(err), "--config") from None
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from spare_train.report import DataError
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's mistake raises: our :class:`DataError` and a parser's ``ArgumentError``."""
+    from jsonargparse import ArgumentError
 
-    argv = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    return DataError, ArgumentError
+
+
+def main(argv: list[str] | None = None) -> int:
+    silence_third_party()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv = resolve_config_args(argv)
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            check_configs(argv)
         return _dispatch(argv)
-    except DataError as err:
+    except user_errors() as err:
+        command = " ".join(argv[: 2 if argv[:1] == ["data"] else 1])
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        if not isinstance(err, DataError):
+            print(f"(`spare-train {command} --help` lists the options)", file=sys.stderr)
+        return 2 if not isinstance(err, DataError) else 1
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         help="after --, options for the training run, e.g. -- --model.init_args.first_error_steps=0",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    from spare_train.quiet import silence_third_party
+
+    silence_third_party()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data_demo(out)

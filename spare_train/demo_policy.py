@@ -32,14 +32,19 @@ from spare_train.formats import read_records
 from spare_train.formats.answers import extract_answer, normalize_answer
 from spare_train.policy import PolicyModule
 from spare_train.policy.objectives import OBJECTIVES, SFT
+from spare_train.quiet import silence_third_party
 
 TRAIN, TEST = "bundled:synth/train.jsonl", "bundled:synth/test.jsonl"
 
 
 def trainer(steps: int, out: Path) -> L.Trainer:
+    """A CPU trainer for ``steps`` optimizer steps with the user-facing progress (a bar in a
+    terminal, a line every 30 s in a log: :func:`spare_train.progress.progress_bar`)."""
+    from spare_train.progress import progress_bar
+
     return L.Trainer(
         accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[progress_bar()], enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, default_root_dir=out,
     )  # fmt: skip
 
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", default=TRAIN, help="SPARE training file")
     ap.add_argument("--test", default=TEST, help="SPARE held-out file")
     args = ap.parse_args(argv)
+    silence_third_party()
     if args.threads:
         torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)

@@ -61,7 +61,7 @@ def prm_demo(out: Path, recipe: str = RECIPE, extra_args: list[str] | None = Non
 
     console.rule("export (merged Hugging Face folder) and scoring")
     export_dir = out / "prm"
-    export(ckpt, str(export_dir), merge=True)
+    export(ckpt, str(export_dir), merge=True, overwrite=True)
     prm = load_prm(export_dir)
 
     val_records = cli.datamodule.records["val"]

@@ -93,8 +93,10 @@ COMPARATORS: dict[str, Callable[[Score, Score, int], bool]] = {
 # ------------------------------------------------------------------------------------- pairing
 @dataclass(frozen=True)
 class Pair:
-    """One preference pair of the same question. ``shared_steps`` > 0 marks a Step-DPO pair whose
-    first ``shared_steps`` steps are identical in both answers (the preference is on what follows)."""
+    """One preference pair of the same question.
+
+    ``shared_steps`` > 0 marks a Step-DPO pair whose first ``shared_steps`` steps are identical in
+    both answers (the preference is on what follows)."""
 
     group_id: str
     chosen: StepRecord

@@ -253,8 +253,10 @@ def _malform(text: str, rng: random.Random) -> str:
 
 @dataclass
 class SynthConfig:
-    """What ``spare-train data synth`` generates: seeded arithmetic-chain problems with candidate
-    solutions carrying planted step errors, in the SPARE annotator format.
+    """What ``spare-train data synth`` generates.
+
+    Seeded arithmetic-chain problems with candidate solutions carrying planted step errors, in the
+    SPARE annotator format.
 
     Args:
         num_questions: questions to draw; candidates of one question share ``question_id``.

@@ -265,6 +265,7 @@ def tokenize_records(
                 "num_dropped_steps": n - kept,
                 "outcome": float("nan") if rec.outcome is None else float(rec.outcome),
                 "answer": rec.answer or "",
+                "is_reference": rec.is_reference,
             }
         )
     return examples
@@ -285,6 +286,7 @@ def features() -> Any:
             "num_dropped_steps": Value("int64"),
             "outcome": Value("float32"),
             "answer": Value("string"),
+            "is_reference": Value("bool"),
         }
     )
 

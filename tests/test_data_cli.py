@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from spare_train.cli import main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("SPARE_TRAIN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GSM8K = SHARED / "data" / "gsm8k" / "model_solutions.jsonl"
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from spare_train.cli import main
 from spare_train.prm.evaluate import _jsonable, evaluate_scores, format_table
 from spare_train.records import Prompt, StepRecord
 
@@ -122,3 +125,32 @@ def test_references_are_left_out_of_ranking_by_default():
     assert m["bon/min"] == 0.5 and m["bon/oracle"] == 0.5  # as without the reference
     with_ref = evaluate_scores([*RECORDS, ref], [*SCORES, [0.99]], tau=0.5, include_references=True)
     assert with_ref["bon/min"] == 1.0 and with_ref["bon/oracle"] == 1.0  # the gold answer wins q2
+
+
+SHARED = Path(os.environ.get("SPARE_TRAIN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+GSM8K = SHARED / "data" / "gsm8k" / "model_solutions.jsonl"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data/gsm8k is absent (or set SPARE_TRAIN_SHARED)")
+def test_gsm8k_oracle_counts_model_solutions_only(tmp_path):
+    """`spare-train evaluate` on GSM8K's model solutions: the gold reference is read (the reader
+    adds it) but not ranked, so the oracle is the share of questions a model solved."""
+    from test_scoring import untrained_export
+
+    rows = GSM8K.read_text(encoding="utf-8").splitlines()[:40]
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    keys = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+    solved = sum(any(json.loads(r)[k]["is_correct"] for k in keys) for r in rows) / len(rows)
+    assert 0.3 < solved < 1.0
+    model = untrained_export(tmp_path / "prm")
+    oracle = {}
+    for flag in ([], ["--include_references"]):
+        out = tmp_path / f"m{len(flag)}.json"
+        assert main(["evaluate", "--model", str(model), "--data", str(data), "--format", "gsm8k_solutions",
+                     "--tau", "0.5", "--output", str(out), *flag]) == 0  # fmt: skip
+        metrics = json.loads(out.read_text())["metrics"]
+        assert metrics["bon/num_questions"] == len(rows)
+        oracle[bool(flag)] = metrics["bon/oracle"]
+    assert oracle[False] == pytest.approx(solved) and oracle[True] == 1.0

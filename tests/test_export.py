@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -20,7 +21,7 @@ from test_prm import loader, records, trainer
 
 from spare_train.cli import main as cli
 from spare_train.models.backbone import BackboneConfig, LoraSettings
-from spare_train.models.hf import load_checkpoint
+from spare_train.models.hf import load_checkpoint, resolve_base
 from spare_train.prm import PRMModule
 from spare_train.prm.card import EXAMPLE
 from spare_train.prm.export import module_from_checkpoint
@@ -91,18 +92,21 @@ def test_head_a_export_matches_module(lora_run, tmp_path, merge):
 
 
 @pytest.mark.slow
-def test_model_card_snippet_runs_as_copied_in_a_clean_process(lora_run, tmp_path):
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "adapter"])
+def test_model_card_snippet_runs_as_copied_in_a_clean_process(lora_run, tmp_path, merge):
     """The card's snippet is a whole script: run verbatim in a fresh interpreter without
-    spare-train's help, it prints the same step scores as `spare-train score`."""
+    spare-train's help, it prints the same step scores as `spare-train score` (merged weights, and
+    an adapter whose base the snippet loads itself)."""
     import subprocess
     import sys
 
     ckpt, module, _ = lora_run
     out = tmp_path / "prm"
-    main([str(ckpt), str(out), "--merge"])
+    main([str(ckpt), str(out), *(["--merge"] if merge else [])])
+    assert (out / "adapter_config.json").exists() is not merge
     snippet = card_snippet(out)
     assert "spare_train" not in snippet
-    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -114,6 +118,63 @@ def test_model_card_snippet_runs_as_copied_in_a_clean_process(lora_run, tmp_path
     want = json.loads((tmp_path / "s.jsonl").read_text())["step_scores"]
     assert len(printed) == len(EXAMPLE["steps"]) == len(want)
     assert_close(printed, want)
+
+
+@pytest.mark.slow
+def test_export_refuses_a_full_folder_and_overwrite_replaces_it_cleanly(lora_run, tmp_path, monkeypatch, capsys):
+    """No export writes over other files; --overwrite replaces an earlier export completely (an
+    adapter over a merged export leaves no stale model.safetensors); every file is world-readable."""
+    import os
+    import stat
+
+    ckpt, _, want = lora_run
+    out = tmp_path / "prm"
+    assert main([str(ckpt), str(out), "--merge"]) == 0
+    assert main([str(ckpt), str(out)]) == 1
+    assert "not empty" in capsys.readouterr().err and (out / "model.safetensors").exists()
+    assert main([str(ckpt), str(out), "--overwrite"]) == 0
+    assert not (out / "model.safetensors").exists() and (out / "adapter_model.safetensors").exists()
+    assert_close(load_prm(out).score(records(4)), [w for w in want])
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+    mine = tmp_path / "notes"  # not an export: never emptied, --overwrite or not
+    mine.mkdir()
+    (mine / "README.md").write_text("mine")
+    assert main([str(ckpt), str(mine), "--overwrite"]) == 1
+    monkeypatch.chdir(out)  # nor the folder a user stands in
+    assert main([str(ckpt), ".", "--overwrite"]) == 1
+    assert "is not" in capsys.readouterr().err
+    assert (mine / "README.md").read_text() == "mine" and (out / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_adapter_names_its_base_portably(folder, tmp_path):
+    """A bundled base is named `tiny-llama`, a local base by a path relative to the export; the
+    export still loads when both move together (another machine's layout)."""
+    import shutil
+
+    from spare_train.prm.export import export_module
+
+    for base in ("tiny-llama", "local"):
+        root = tmp_path / base / "a"
+        name = "tiny-llama"
+        if base == "local":
+            shutil.copytree(folder, root / "base")
+            name = str(root / "base")
+        module = PRMModule(backbone=BackboneConfig(name_or_path=name, lora=LoraSettings(r=4, alpha=8, dropout=0.0)),
+                           tokenizer=name if base == "local" else "tiny")  # fmt: skip
+        module.configure_model()
+        want = module_scores(module.eval())
+        export_module(module, root / "prm", merge=False)
+        recorded = json.loads((root / "prm" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert recorded == {"tiny-llama": "tiny-llama", "local": "../base"}[base]
+        assert json.loads((root / "prm" / "spare_prm.json").read_text())["base_model"] == recorded
+        moved = tmp_path / base / "b"
+        root.rename(moved)  # the old absolute path no longer exists
+        for got, w in zip(load_prm(moved / "prm").score(records(4)), want):
+            assert_close(got, w)
 
 
 @pytest.mark.slow
@@ -177,7 +238,8 @@ def test_head_b_adapter_loads_with_transformers_and_peft(folder, tmp_path, kind)
 
     export_module(module, tmp_path, merge=False)
     adapter = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == folder and adapter["task_type"] == "TOKEN_CLS"
+    assert resolve_base(tmp_path, adapter["base_model_name_or_path"]) == str(Path(folder).resolve())
+    assert adapter["task_type"] == "TOKEN_CLS"
     assert "score" in adapter["modules_to_save"] and adapter["trainable_token_indices"]
     assert not (tmp_path / "model.safetensors").exists()
     info = json.loads((tmp_path / "spare_prm.json").read_text())
@@ -185,7 +247,7 @@ def test_head_b_adapter_loads_with_transformers_and_peft(folder, tmp_path, kind)
 
     # the model card's snippet: plain transformers + peft (+ the registered class for the MLP head)
     snippet = card_snippet(tmp_path)
-    assert ("AutoPeftModelForTokenClassification" if kind == "linear" else "PeftModel.from_pretrained") in snippet
+    assert "PeftModel.from_pretrained(base, PATH)" in snippet
     scope: dict = {}
     exec(snippet, scope)
     tok, model = scope["tok"], scope["model"]

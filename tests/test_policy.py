@@ -4,6 +4,8 @@ reference point, and export of the trained policy."""
 
 from __future__ import annotations
 
+import json
+
 import types
 
 import pytest
@@ -373,10 +375,19 @@ def test_cli_export_of_a_trained_policy_checkpoint(data_file, tmp_path):
     gen = reloaded.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=dm.tokenizer.pad_token_id)
     assert gen.shape[1] > prompt.shape[1]
 
-    from peft import AutoPeftModelForCausalLM
+    from peft import PeftModel
+
+    from spare_train.assets import resolve_model_name
+    from spare_train.models.hf import load_adapter
 
     assert main(["export", ckpt_cb.last_model_path, str(tmp_path / "adapter")]) == 0  # no --merge: a peft adapter
-    adapter = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-llama"  # portable, not this machine's cache folder
+    adapter = load_adapter(tmp_path / "adapter", AutoModelForCausalLM, len(dm.tokenizer), {}).eval()
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_name("tiny-llama")),
+                                      tmp_path / "adapter").eval()  # what docs/offline_rl.md tells peft users
+    with torch.no_grad():
+        assert torch.allclose(before[mask], logps(module, batch, plain)[mask], atol=1e-4)
     with torch.no_grad():
         assert torch.allclose(before[mask], logps(module, batch, adapter)[mask], atol=1e-4)
 

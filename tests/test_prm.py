@@ -192,3 +192,23 @@ def test_pack_option_trains_through_the_datamodule(folder, tmp_path):
     losses = Losses()
     trainer(max_steps=4, callbacks=[losses]).fit(module, dm)
     assert len(losses.values) == 4 and all(math.isfinite(v) for v in losses.values)
+
+
+def test_validation_leaves_reference_solutions_out_of_the_metrics(folder):
+    """As `spare-train evaluate`: a gold reference is not a candidate (it would make the oracle
+    100 %), unless include_references."""
+    from dataclasses import replace
+
+    recs = records(4)
+    gold = replace(recs[1], id="q1#ref", labels=[1.0, 1.0, 1.0], outcome=1, answer="20", is_reference=True)
+    results = {}
+    for include in (False, True):
+        L.seed_everything(0)
+        module = PRMModule(backbone=BackboneConfig(name_or_path=folder), include_references=include)
+        module.configure_model()
+        examples = tokenize_records([*recs, gold], module.tokenizer, module.format_config)
+        batches = DataLoader(examples, batch_size=2, collate_fn=StepCollator(module.tokenizer.pad_token_id))
+        results[include] = trainer().validate(module, batches, verbose=False)[0]
+    assert results[False]["val/bon/oracle"] == 0.25  # only q0 of the four questions has a right candidate
+    assert results[True]["val/bon/oracle"] == 0.5  # the gold answer "solves" q1
+    assert results[False]["val/bon/num_questions"] == results[True]["val/bon/num_questions"] == 4

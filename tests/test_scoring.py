@@ -16,13 +16,19 @@ from spare_train.prm import PRMModule
 from spare_train.prm.scoring import load_prm
 
 
+def untrained_export(out, max_length: int | None = None):
+    """A random tiny PRM exported to ``out`` (the scores mean nothing; the paths are real)."""
+    base = tiny_folder(out.parent / f"{out.name}-base")
+    module = PRMModule(backbone=BackboneConfig(name_or_path=base))
+    if max_length:
+        module.format_config.max_length = max_length
+    module.configure_model()
+    return export_module(module, out)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    base = tiny_folder(tmp_path_factory.mktemp("tiny"))
-    module = PRMModule(backbone=BackboneConfig(name_or_path=base))
-    module.format_config.max_length = 60  # so the longest record loses trailing steps
-    module.configure_model()
-    return export_module(module, tmp_path_factory.mktemp("prm"))
+    return untrained_export(tmp_path_factory.mktemp("prm") / "prm", max_length=60)  # the longest record loses steps
 
 
 def stepwise_file(path, recs):
@@ -80,3 +86,32 @@ def test_pickled_weights_are_refused(exported, tmp_path):
     torch.save(state, tmp_path / "p" / "pytorch_model.bin")  # a pickle: never loaded
     with pytest.raises(OSError):
         load_prm(tmp_path / "p")
+
+
+def test_score_takes_records_dicts_or_a_path_and_says_what_else(exported, tmp_path):
+    """`load_prm(...).score(records)` as documented: StepRecords, dicts, or a file read with a reader."""
+    from dataclasses import replace
+
+    from spare_train.records import Prompt
+
+    prm = load_prm(exported)
+    recs = [replace(r, prompt=Prompt(r.prompt.question)) for r in records(4)]  # as the stepwise file holds them
+    want = prm.score(recs)
+    as_dicts = [r.to_dict() for r in recs]
+    short = [{"question": r.prompt.question, "instruction": r.prompt.instruction, "steps": r.steps} for r in recs]
+    path = stepwise_file(tmp_path / "in.jsonl", recs)
+    for got in (prm.score(as_dicts), prm.score(short), prm.score(str(path), format="stepwise"), prm.score(path, format="stepwise")):
+        assert [[x is None for x in row] for row in got] == [[x is None for x in row] for row in want]
+        for g, w in zip(got, want):
+            assert [x for x in g if x is not None] == pytest.approx([x for x in w if x is not None], abs=1e-5)
+    for wrong, words in ((recs[0], "got StepRecord"), ([{"text": "2 + 2"}], r"records\[0\] must be"), ([("q", ["s"])], "tuple"), (3, "int")):
+        with pytest.raises(TypeError, match=words):
+            prm.score(wrong)
+
+
+def test_score_with_the_wrong_reader_shows_the_first_reasons(exported, tmp_path, capsys):
+    src = stepwise_file(tmp_path / "in.jsonl", records(4))
+    cli(["score", "--model", str(exported), "--input", str(src), "--format", "math_shepherd",
+         "--output", str(tmp_path / "s.jsonl")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "read 4  kept 0  rejected 4" in err and f"{src}:1:" in err and "Traceback" not in err

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +19,6 @@ from spare_train.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    found = sorted(run_dir.rglob("last.ckpt"))
-    assert found, f"no last.ckpt under {run_dir}"
-    return found[0]
-
-
 def test_no_recipe_stops_by_wall_time():
     """Figures must not depend on machine speed: no recipe carries a max_time cut-off."""
     for path in (ROOT / "recipes").rglob("*.yaml"):
@@ -30,41 +26,87 @@ def test_no_recipe_stops_by_wall_time():
         assert "max_time" not in trainer, path
 
 
+def doc_section(path: Path, heading: str) -> str:
+    """The text under ``heading`` (a markdown heading line) up to the next heading of its level or above."""
+    text = path.read_text(encoding="utf-8")
+    level = heading.split(" ")[0]
+    body = text[text.index(heading + "\n") + len(heading) :]
+    cut = re.search(rf"^#{{1,{len(level)}}} ", body, re.M)
+    return body[: cut.start()] if cut else body
+
+
+def code_blocks(section: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", section, re.S)
+
+
+def commands(section: str) -> list[tuple[list[str], str]]:
+    """Each ``spare-train`` command of the section's bash blocks: (argv, its trailing comment)."""
+    out = []
+    for block in code_blocks(section, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("spare-train "):
+                code, _, comment = line.partition("  #")
+                out.append((shlex.split(code), comment))
+    return out
+
+
+def walk(section: str, tmp_path: Path, fit_cut: list[str]) -> None:
+    """Run the section's commands as written from ``tmp_path`` (a user's fresh folder, with the
+    checkout's recipes/ and a short data/synth/test.jsonl), each fit cut to a few steps; GPU ones skipped."""
+    for argv, comment in commands(section):
+        if "GPU" in comment:
+            continue
+        assert argv[0] == "spare-train"
+        extra = fit_cut if argv[1] == "fit" else []
+        assert main([*argv[1:], *extra]) == 0, argv
+
+
+def user_folder(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    (tmp_path / "data" / "synth").mkdir(parents=True)
+    lines = (ROOT / "data" / "synth" / "test.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "data" / "synth" / "test.jsonl").write_text("".join(lines[:40]), encoding="utf-8")  # 10 questions
+    return tmp_path
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
-def test_prm_recipe_fit_export_evaluate(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["fit", "--config", "recipes/prm/tiny.yaml", "--trainer.max_steps=3", "--trainer.limit_val_batches=2",
-                 f"--trainer.default_root_dir={run}"]) == 0  # fmt: skip
-    ckpt = last_checkpoint(run)
-    assert ckpt.is_relative_to(run)  # checkpoints land where default_root_dir says
-    assert main(["export", str(ckpt), str(tmp_path / "prm")]) == 0
-    info = json.loads((tmp_path / "prm" / "spare_prm.json").read_text())
+def test_readme_prm_walk_runs_as_written(tmp_path, monkeypatch, capfd):
+    """README, "Training a PRM": fit (twice), export, score, evaluate and the Python call, as written
+    (fits cut to 3 steps, the 8B GPU run skipped), with progress lines and no third-party tips."""
+    folder = user_folder(tmp_path, monkeypatch)
+    monkeypatch.setenv("SPARE_TRAIN_PROGRESS_EVERY", "0")
+    section = doc_section(ROOT / "README.md", "## Training a PRM")
+    walk(section, folder, ["--trainer.max_steps=3", "--trainer.limit_val_batches=2", "--trainer.val_check_interval=3"])
+    assert (folder / "runs/prm-tiny/lightning_logs/version_1/checkpoints/last.ckpt").is_file()  # the second fit
+    info = json.loads((folder / "prm-out" / "spare_prm.json").read_text())
     assert info["format"]["max_length"] == 256 and info["format"]["step_tag"] == " ки"  # linked from data
-    out = tmp_path / "m.json"
-    assert main(["evaluate", "--model", str(tmp_path / "prm"), "--data", "bundled:synth/test.jsonl",
-                 "--tau", "0.5", "--output", str(out)]) == 0  # fmt: skip
-    metrics = json.loads(out.read_text())["metrics"]
-    assert metrics["bon/num_questions"] == 200 and metrics["step/num_unscored"] == 0
-    assert 0.0 <= metrics["step/auroc"] <= 1.0
+    rows = [json.loads(x) for x in (folder / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and all(len(r["step_scores"]) > 0 for r in rows)
+    err = capfd.readouterr().err
+    assert "training: 3 optimizer steps" in err and "epoch 1/1  step 3/3 (100%)" in err  # lines in a log
+    assert "💡 Tip" not in err and "args parameter" not in err and "tensorboardX" not in err
+    [snippet] = code_blocks(section, "python")
+    printed = run_python(snippet, folder).stdout.splitlines()
+    assert len(json.loads(printed[0])) == 1 and len(json.loads(printed[0])[0]) == 2  # one record, two steps
 
 
 @pytest.mark.slow
-def test_policy_recipe_fit_export_generate(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    run = tmp_path / "run"
-    assert main(["fit", "--config", "recipes/offline_rl/tiny-dpo.yaml", "--trainer.max_steps=2",
-                 "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2",
-                 f"--trainer.default_root_dir={run}"]) == 0  # fmt: skip
-    ckpt = last_checkpoint(run)
-    assert main(["export", str(ckpt), str(tmp_path / "policy")]) == 0
-    tok = AutoTokenizer.from_pretrained(tmp_path / "policy")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").eval()
-    messages = [{"role": "system", "content": "Solve the problem step by step."},
-                {"role": "user", "content": "Start with 3. Add 2. What is the result?"}]  # fmt: skip
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape[1] > ids["input_ids"].shape[1]
+def test_offline_rl_doc_walk_runs_as_written(tmp_path, monkeypatch):
+    """docs/offline_rl.md, "From fit to a generating policy": its commands, then its Python, as
+    written (the fit cut to 2 steps): the checkpoint is where the doc says and the policy generates."""
+    folder = user_folder(tmp_path, monkeypatch)
+    section = doc_section(ROOT / "docs" / "offline_rl.md", "## From fit to a generating policy")
+    walk(section, folder, ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2"])
+    [snippet] = code_blocks(section, "python")
+    assert run_python(snippet, folder).stdout.strip()  # the greedy answer to the documented prompt
 
 
 @pytest.mark.slow

@@ -69,8 +69,9 @@ def _data_section(config: str) -> dict[str, Any]:
 
 
 def prepare(config: str, output: str = "prepared", show: int = 3, strict: bool | None = None) -> int:
-    """Read, validate, apply label policies, tokenise and save the dataset; print the report and a
-    few rendered examples with each step tag shown as ⟨label⟩.
+    """Read, validate, apply label policies, tokenise and save the dataset of a recipe.
+
+    Prints the report and a few rendered examples with each step tag shown as ⟨label⟩.
 
     Args:
         config: a YAML with the PRMDataModule options: a recipe (its ``data`` section is used)

@@ -39,8 +39,10 @@ from spare_train.tokenize import bos_ids, chat_parts
 # ---------------------------------------------------------------------------- text
 @dataclass
 class Turn:
-    """A prompt and the response to learn; ``spans[i]`` is step ``i``'s ``(start, end)`` in
-    ``response`` and ``labels[i]`` its label (``None``: unlabeled)."""
+    """A prompt and the response to learn.
+
+    ``spans[i]`` is step ``i``'s ``(start, end)`` in ``response`` and ``labels[i]`` its label
+    (``None``: unlabeled)."""
 
     prompt: Prompt
     response: str
@@ -270,10 +272,11 @@ class PolicyCollator:
 
 # ---------------------------------------------------------------------------- DataModule
 class PolicyDataModule(AnnotationDataModule):
-    """Reads annotation files, builds the view the objective needs, tokenises, batches: every
-    argument of :class:`~spare_train.data.base.AnnotationDataModule` (``train``, ``format``,
-    ``tokenizer``, ``max_length`` = prompt + response tokens, ``batch_size`` = prompts per batch …),
-    plus the view and how it is built.
+    """Policy training batches: annotation files read, the objective's view built, tokenised.
+
+    Takes every argument of :class:`~spare_train.data.base.AnnotationDataModule` (``train``,
+    ``format``, ``tokenizer``, ``max_length`` = prompt + response tokens, ``batch_size`` = prompts
+    per batch …), plus the view and how it is built.
 
     Args:
         view: ``pairs`` (DPO, IPO, ORPO, step-weighted DPO), ``step_pairs`` (Step-DPO),

@@ -92,6 +92,7 @@ class StepCollator:
             "ids": [e["id"] for e in examples],
             "group_ids": [e["group_id"] for e in examples],
             "answers": [e["answer"] for e in examples],
+            "is_reference": torch.tensor([bool(e.get("is_reference", False)) for e in examples], dtype=torch.bool),
         }
         if self.pack_length:
             batch |= {"position_ids": position_ids, "segment_ids": segment_ids, "label_rows": label_rows}
@@ -99,9 +100,10 @@ class StepCollator:
 
 
 class PRMDataModule(AnnotationDataModule):
-    """Step-annotated records as PRM training batches: every argument of
-    :class:`~spare_train.data.base.AnnotationDataModule` (``train``, ``format``, ``tokenizer``,
-    ``max_length`` …), plus the step tag and packing.
+    """PRM training batches: step-annotated records tokenised with a tag after every step.
+
+    Takes every argument of :class:`~spare_train.data.base.AnnotationDataModule` (``train``,
+    ``format``, ``tokenizer``, ``max_length`` …), plus the step tag and packing.
 
     Args:
         step_tag: the step tag (one token; added to the tokenizer when it is split).
@@ -121,7 +123,7 @@ class PRMDataModule(AnnotationDataModule):
 
     def build_dataset(self, split: str, records: list[StepRecord]) -> Any:
         tok, cfg = self.tokenizer, self.format_config
-        name = f"prm-{records_fingerprint(records, cfg.__dict__, tokenizer_fingerprint(tok))}"
+        name = f"prm-{records_fingerprint(records, cfg.__dict__, tokenizer_fingerprint(tok), sorted(features()))}"
         return cached_dataset(
             self.hparams.cache_dir, name, lambda rep: tokenize_records(records, tok, cfg, rep, self.tag_id),
             features(), self.report,

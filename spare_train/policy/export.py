@@ -1,8 +1,9 @@
 """A trained ``PolicyModule`` as a Hugging Face causal LM (``spare-train export`` of a policy).
 
-``OUT`` holds the policy (``merge``: adapters folded in; else a peft adapter naming its base),
-its tokenizer and a ``README.md`` that shows the exact prompt the policy was trained on and a
-``generate`` call. Frozen weights are reloaded unquantised from the base model.
+``OUT`` holds the policy (``merge``: adapters folded in; else a peft adapter naming its base
+portably, see :mod:`spare_train.models.hf`) and its tokenizer, whose chat template is the prompt
+the policy was trained on; ``docs/offline_rl.md`` shows the ``generate`` call. Frozen weights are
+reloaded unquantised from the base model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from spare_train.files import atomic_path
 from spare_train.models.finite import check_weights
-from spare_train.models.hf import init_args_from_checkpoint, save_causal_lm
+from spare_train.models.hf import init_args_from_checkpoint, make_readable, save_causal_lm
 
 
 def policy_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None, trust_remote_code: bool = False) -> Any:
@@ -47,5 +48,6 @@ def export_policy(module: Any, out: str | Path, merge: bool = True) -> Path:
     model = copy.deepcopy(module.policy) if merge and isinstance(module.policy, PeftModel) else module.policy
     trust = module.backbone_cfg.extra.get("trust_remote_code", False)
     with atomic_path(out) as tmp:
-        save_causal_lm(model, load_tokenizer(module.tokenizer_name, trust), tmp, merge=merge)
+        save_causal_lm(model, load_tokenizer(module.tokenizer_name, trust), tmp, merge=merge, base=module.backbone_cfg.name_or_path)
+        make_readable(tmp)
     return Path(out)

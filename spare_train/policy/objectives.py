@@ -35,8 +35,10 @@ from spare_train.policy import losses as F_
 
 @dataclass
 class Inputs:
-    """What an objective sees: token log-probs ``[R, L]`` under the policy (and the reference,
-    when it needs one), the batch, and KTO's reference point ``z0`` (when it needs one)."""
+    """What an objective sees.
+
+    Token log-probs ``[R, L]`` under the policy (and the reference, when it needs one), the batch,
+    and KTO's reference point ``z0`` (when it needs one)."""
 
     logps: Tensor
     ref_logps: Tensor | None
@@ -45,8 +47,10 @@ class Inputs:
 
 
 class Objective(nn.Module):
-    """A policy training objective. Subclasses set ``name``, ``view``, ``needs_reference``,
-    ``paired`` (and ``needs_kl`` for KTO's mismatched-pair estimate) and implement ``forward``."""
+    """A policy training objective.
+
+    Subclasses set ``name``, ``view``, ``needs_reference``, ``paired`` (and ``needs_kl`` for KTO's
+    mismatched-pair estimate) and implement ``forward``."""
 
     name: ClassVar[str] = ""
     view: ClassVar[str] = "pairs"
@@ -129,15 +133,18 @@ class SFT(Objective):
 
 
 class RFT(SFT):
-    """Rejection-sampling fine-tuning: SFT on candidates the annotations accept
-    (https://arxiv.org/abs/2308.01825); what is kept is the ``filtered`` view's setting."""
+    """Rejection-sampling fine-tuning: SFT on the candidates the annotations accept.
+
+    See https://arxiv.org/abs/2308.01825; what is kept is the ``filtered`` view's setting."""
 
     name = "rft"
 
 
 class StepWeightedSFT(Objective):
-    """Cross-entropy with each token weighted by its step's label, optionally with unlikelihood on
-    incorrect steps (:func:`spare_train.policy.losses.step_weighted_sft_loss`).
+    """Cross-entropy with each token weighted by its step's label.
+
+    Optionally with unlikelihood on incorrect steps
+    (:func:`spare_train.policy.losses.step_weighted_sft_loss`).
 
     Args:
         correct: weight of tokens in steps labeled correct.
@@ -227,8 +234,9 @@ class IPO(_WithNLL):
 
 
 class ORPO(Objective):
-    """ORPO (https://arxiv.org/abs/2403.07691): SFT on the chosen answer plus an odds-ratio term;
-    no reference model. The SPARE paper used ``beta`` (ORPO's lambda) 0.2.
+    """ORPO: SFT on the chosen answer plus an odds-ratio term, no reference model.
+
+    https://arxiv.org/abs/2403.07691. The SPARE paper used ``beta`` (ORPO's lambda) 0.2.
 
     Args:
         beta: weight of the odds-ratio term (the paper's lambda).

@@ -35,6 +35,19 @@ def input_text_lines(info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def base_line(info: dict[str, Any], path: str) -> str:
+    """``BASE = …`` for an adapter's snippet: the base as plain transformers loads it here."""
+    from spare_train.models.hf import resolve_base
+
+    recorded = info["base_model"]
+    resolved = resolve_base(path, recorded)
+    if resolved == recorded:
+        return f"BASE = {recorded!r}  # the base model (adapter_config.json: base_model_name_or_path)"
+    how = ("spare-train's bundled test model; elsewhere: spare_train.assets.resolve_model_name"
+           if recorded.startswith("tiny-") else "recorded relative to this folder")  # fmt: skip
+    return f"BASE = {resolved!r}  # {recorded!r} on this machine ({how})"
+
+
 def snippet(info: dict[str, Any], path: str) -> str:
     """A self-contained script that scores :data:`EXAMPLE` with the PRM in ``path``."""
     load, probs = get_head(info["head"]).snippet(info)
@@ -44,6 +57,7 @@ def snippet(info: dict[str, Any], path: str) -> str:
         *[line for line in load if line.startswith(("from ", "import "))],
         "",
         f"PATH = {path!r}  # the folder this card is in",
+        *([base_line(info, path)] if info["adapter"] else []),
         *[line for line in load if not line.startswith(("from ", "import "))],
         "",
         f"instruction = {EXAMPLE['instruction']!r}",
@@ -91,6 +105,15 @@ Runs as copied (from the folder that holds this one) and prints one score per st
 {snippet(info, path)}
 ```
 
-With spare-train installed: `spare_train.load_prm(PATH).score(records)` or
+{ADAPTER_NOTE if info["adapter"] else ""}With spare-train installed: `spare_train.load_prm(PATH).score(records)` or
 `spare-train score --model PATH --input FILE --output scores.jsonl`.
+"""
+
+
+#: how plain peft users load an adapter export (the card's snippet does exactly this)
+ADAPTER_NOTE = """`adapter_config.json` names the base model portably: a hub id or spare-train's bundled `tiny-*`
+name as it is, a local folder relative to this one. `peft.AutoPeftModel*` reads that name as a hub
+id or a path from the current folder, so load the base yourself (`BASE` above) and apply the
+adapter with `PeftModel.from_pretrained(base, PATH)`; spare-train's loaders resolve it for you.
+
 """

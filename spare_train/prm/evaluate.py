@@ -163,9 +163,10 @@ def evaluate(
     """
     from spare_train.files import atomic_write_text
     from spare_train.formats import read_records
-    from spare_train.prm.scoring import check_scores, load_prm
+    from spare_train.prm.scoring import check_prm_folder, check_scores, load_prm
 
     console = Console()
+    check_prm_folder(model)  # a wrong folder fails before the data is read
     records, report = read_records(format, data, strict=strict, **(reader_options or {}))
     console.print(report.summary())
     report.check_kept(data)

@@ -3,7 +3,8 @@
 What lands in ``OUT``:
 
 * the model, as ``model.safetensors`` (``merge``: LoRA folded into full weights) or as a peft
-  adapter whose ``adapter_config.json`` names its base model (each head says how:
+  adapter whose ``adapter_config.json`` names its base model portably
+  (:func:`spare_train.models.hf.portable_base`; each head says how it saves:
   :meth:`spare_train.prm.heads.PRMHead.export`);
 * the tokenizer, including a step-tag token that training added;
 * ``spare_prm.json``: head convention, label/tag token ids and the prompt format, read by
@@ -24,7 +25,7 @@ from typing import Any
 
 from spare_train.files import atomic_path
 from spare_train.models.finite import check_weights
-from spare_train.models.hf import init_args_from_checkpoint, remove_code_files
+from spare_train.models.hf import init_args_from_checkpoint, make_readable, portable_base, remove_code_files
 from spare_train.prm.card import model_card
 
 CARD_NAME = "spare_prm.json"
@@ -44,7 +45,7 @@ def module_from_checkpoint(ckpt: dict[str, Any], dtype: str | None = None, trust
     return module.eval()
 
 
-def prm_info(module: Any, adapter: bool) -> dict[str, Any]:
+def prm_info(module: Any, adapter: bool, out: str | Path) -> dict[str, Any]:
     """The ``spare_prm.json`` contents: everything scoring needs besides the weights."""
     tok, fmt = module.tokenizer, module.format_config
     return {
@@ -54,7 +55,7 @@ def prm_info(module: Any, adapter: bool) -> dict[str, Any]:
         "format": asdict(fmt),
         "tag_id": tok.encode(fmt.step_tag, add_special_tokens=False)[0],
         "adapter": adapter,
-        "base_model": module.backbone_cfg.name_or_path,
+        "base_model": portable_base(module.backbone_cfg.name_or_path, out),
         **module.head.info(tok),
     }
 
@@ -70,8 +71,9 @@ def export_module(module: Any, out: str | Path, merge: bool = True) -> Path:
     with atomic_path(out) as tmp:
         tmp.mkdir()
         adapter = module.head.export(module, tmp, merge)
-        info = prm_info(module, adapter)
+        info = prm_info(module, adapter, out)
         (tmp / CARD_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
         (tmp / "README.md").write_text(model_card(info, str(out)))
         remove_code_files(tmp)
+        make_readable(tmp)
     return out

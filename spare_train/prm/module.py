@@ -57,6 +57,9 @@ class PRMModule(L.LightningModule):
         warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
         nonfinite_loss: a NaN or infinite training loss ``raise``s an error naming the step, or
             ``skip``s that batch and counts it (:mod:`spare_train.models.finite`).
+        include_references: count reference solutions (``is_reference``, e.g. GSM8K's gold answer)
+            in the validation / test metrics; off, as in ``spare-train evaluate``: they are not
+            candidates, and would make the best-of-N oracle 100 %.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class PRMModule(L.LightningModule):
         scheduler: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_ratio: float = 0.0,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        include_references: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -154,9 +158,13 @@ class PRMModule(L.LightningModule):
         logits = self(batch)
         n = batch["step_labels"].shape[0]
         self.log(f"{prefix}/loss", self.loss(logits, batch), sync_dist=True, batch_size=n)
+        keep = torch.ones(n, dtype=torch.bool, device=logits.device)
+        if not self.hparams.get("include_references", False) and "is_reference" in batch:
+            keep = ~batch["is_reference"].to(logits.device)
+        rows = keep.nonzero().flatten().tolist()
         metrics.update(
-            step_scores(logits), batch["step_labels"], batch["step_mask"], batch["outcome"],
-            batch["group_ids"], batch["answers"],
+            step_scores(logits)[keep], batch["step_labels"][keep], batch["step_mask"][keep], batch["outcome"][keep],
+            [batch["group_ids"][i] for i in rows], [batch["answers"][i] for i in rows],
         )  # fmt: skip
 
     def _eval_epoch_end(self, prefix: str, metrics: Any) -> None:

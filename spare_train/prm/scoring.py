@@ -11,12 +11,20 @@ and every metric leaves it out and counts it (:mod:`spare_train.prm.metrics`).
 A folder is data, not code: code it ships (``auto_map``) runs only with the caller's explicit
 ``trust_remote_code``. A model that cannot produce finite scores is an error
 (:func:`check_scores`), never a file of NaN scores: ``score`` and ``evaluate`` exit non-zero.
+``records`` can be :class:`~spare_train.records.StepRecord` objects, dicts (the record format
+``spare-train data convert`` writes; only ``prompt`` or ``question``, and ``steps``, are
+required), or a path read with a reader (:func:`as_records`)::
+
+    prm = load_prm("prm-out")
+    prm.score([{"question": "Start with 3. Add 2. What is the result?", "steps": ["3 + 2 = 5", "The answer is 5."]}])
+    prm.score("data/synth/test.jsonl")              # format="spare" by default
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +33,38 @@ import torch
 from torch import nn
 
 from spare_train.records import Prompt, StepRecord
+from spare_train.report import DataError
 
 #: a list of per-step scores; ``None`` marks a step cut by ``max_length`` (unscored)
 StepScores = list[float | None]
+#: what :meth:`PRM.score` accepts
+Records = list[StepRecord] | list[dict[str, Any]] | str | Path
+
+
+def as_records(records: Records, format: str = "spare", reader_options: dict[str, Any] | None = None) -> list[StepRecord]:
+    """``records`` as StepRecords: StepRecords as they are; a dict in the record format ``data
+    convert`` writes (``id``, ``group_id`` and ``labels`` may be left out, and ``prompt`` given as
+    ``question`` / ``instruction`` / ``context`` keys); a path (file, folder of shards, glob) read
+    with reader ``format`` (its kept records, in file order). Anything else is a ``TypeError``."""
+    if isinstance(records, (str, Path)):
+        from spare_train.formats import read_records
+
+        return read_records(format, str(records), **(reader_options or {}))[0]
+    if isinstance(records, (StepRecord, dict)) or not isinstance(records, (list, tuple)):
+        raise TypeError(f"records must be a list of StepRecords or dicts, or a path; got {type(records).__name__}")
+    out = []
+    for i, r in enumerate(records):
+        if isinstance(r, StepRecord):
+            out.append(r)
+            continue
+        if not isinstance(r, dict) or not isinstance(r.get("steps"), list) or not ("prompt" in r or "question" in r):
+            raise TypeError(f"records[{i}] must be a StepRecord or a dict with 'steps' (a list) and 'prompt' or "
+                            f"'question'; got {type(r).__name__}{' with keys ' + str(sorted(r)) if isinstance(r, dict) else ''}")  # fmt: skip
+        d = {"id": str(i), "group_id": str(i), "labels": [None] * len(r["steps"]), **r}
+        if "prompt" not in d:
+            d["prompt"] = {k: d.pop(k) for k in ("question", "instruction", "context") if k in d}
+        out.append(StepRecord.from_dict(d))
+    return out
 
 
 class PRM:
@@ -43,10 +80,17 @@ class PRM:
 
     @torch.inference_mode()
     def score(
-        self, records: list[StepRecord], batch_size: int = 16, progress: bool = False, report: Any = None
+        self,
+        records: Records,
+        batch_size: int = 16,
+        progress: bool = False,
+        format: str = "spare",
+        report: Any = None,
     ) -> list[StepScores]:
         """Scores of every step of every record, in input order (``None``: cut by ``max_length``).
 
+        ``records``: StepRecords, dicts or a path (read with reader ``format``); see :func:`as_records`.
+        ``progress``: show a bar in a terminal, a line every 30 s otherwise (:func:`spare_train.progress.track`).
         ``report``: a :class:`~spare_train.report.Report` that receives the tokenizer's repairs and
         the records it could not format (their steps stay ``None``).
         """
@@ -55,17 +99,18 @@ class PRM:
         from spare_train.report import Report
         from spare_train.tokenize import tokenize_records
 
+        records = as_records(records, format)
         keyed = [replace(r, id=str(i)) for i, r in enumerate(records)]  # ids may repeat; positions do not
         report = report if report is not None else Report()
         examples = tokenize_records(keyed, self.tokenizer, self.format_config, report, self.tag_id)
         examples.sort(key=lambda e: len(e["input_ids"]))  # less padding
         out: list[StepScores] = [[None] * len(r.steps) for r in records]
         collate = StepCollator(self.tokenizer.pad_token_id)
-        starts = range(0, len(examples), batch_size)
+        starts: Any = range(0, len(examples), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from spare_train.progress import track
 
-            starts = tqdm(starts, desc="scoring", unit="batch", mininterval=10.0)
+            starts = track(starts, len(starts), "scoring")
         for start in starts:
             chunk = examples[start : start + batch_size]
             batch = collate(chunk)
@@ -84,6 +129,17 @@ class PRM:
         return self.score([record])[0]
 
 
+def check_prm_folder(path: str | Path) -> Path:
+    """``path`` if it is a folder written by ``spare-train export`` of a PRM, else a ``DataError``."""
+    from spare_train.prm.export import CARD_NAME
+
+    path = Path(path)
+    if not (path / CARD_NAME).is_file():
+        what = "no such folder" if not path.exists() else "not a folder" if not path.is_dir() else f"no {CARD_NAME} in it"
+        raise DataError("not_a_prm", f"{what}: give a folder written by `spare-train export` of a PRM checkpoint", str(path))
+    return path
+
+
 def load_prm(
     path: str | Path, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
 ) -> PRM:
@@ -98,7 +154,7 @@ def load_prm(
     from spare_train.prm.heads import get_head
     from spare_train.tokenize import FormatConfig
 
-    path = Path(path)
+    path = check_prm_folder(path)
     info = json.loads((path / CARD_NAME).read_text())
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
     if dtype:
@@ -159,7 +215,9 @@ def score(
     from spare_train.records import aggregate as agg
     from spare_train.report import Report
 
+    check_prm_folder(model)  # a wrong folder fails before the data is read
     records, report = read_records(format, input, strict=strict, **(reader_options or {}))
+    print(report.summary(), file=sys.stderr)
     report.check_kept(input)
     prm = load_prm(model, device=device, trust_remote_code=trust_remote_code)
     formatting = Report(strict=strict)

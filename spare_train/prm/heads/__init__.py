@@ -135,7 +135,22 @@ def step_scores(logits: Tensor) -> Tensor:
     return logits.float().softmax(-1)[..., 1]
 
 
+def adapter_snippet(auto_class: str, config: bool = False, extra_imports: tuple[str, ...] = ()) -> list[str]:
+    """Card lines that load an adapter export with plain transformers + peft: the base (``BASE``,
+    set by the card) as ``auto_class``, its embeddings grown to the saved tokenizer, then the adapter."""
+    kwargs = ", config=AutoConfig.from_pretrained(PATH)" if config else ""
+    return [
+        "from peft import PeftModel",
+        f"from transformers import {'AutoConfig, ' if config else ''}{auto_class}, AutoTokenizer",
+        *extra_imports,
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+        f"base = {auto_class}.from_pretrained(BASE{kwargs})",
+        "base.resize_token_embeddings(max(len(tok), base.get_input_embeddings().num_embeddings))  # rows for an added tag",
+        "model = PeftModel.from_pretrained(base, PATH).eval()",
+    ]
+
+
 from spare_train.prm.heads import classifier, lm_tokens  # noqa: E402,F401  (register the heads)
 
-__all__ = ["HEADS", "PRMHead", "body_hidden", "gather_steps", "get_head", "packed_attention_mask",
+__all__ = ["HEADS", "PRMHead", "adapter_snippet", "body_hidden", "gather_steps", "get_head", "packed_attention_mask",
            "step_logits", "step_scores"]  # fmt: skip

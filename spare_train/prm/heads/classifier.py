@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from spare_train.prm.heads import PRMHead
+from spare_train.prm.heads import PRMHead, adapter_snippet
 
 
 def classifier_config(body_config: Any, classifier_type: str) -> Any:
@@ -116,6 +116,7 @@ class ClassifierHead(PRMHead):
 
         import spare_train.prm.modeling  # noqa: F401  (registers the MLP-head class)
         from spare_train.models.backbone import DTYPES, resolve_model_path
+        from spare_train.models.hf import record_base
 
         out.mkdir(parents=True, exist_ok=True)
         cfg, trained, tok = module.backbone_cfg, module.model, module.tokenizer
@@ -142,6 +143,7 @@ class ClassifierHead(PRMHead):
             raise KeyError(f"adapter tensors the token classifier lacks: {result.unexpected_keys[:5]}")
         model.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
+        record_base(out, cfg.name_or_path)
 
     # ---- load ----------------------------------------------------------------------------------
     @classmethod
@@ -153,7 +155,12 @@ class ClassifierHead(PRMHead):
         import spare_train.prm.modeling  # noqa: F401  (registers the MLP-head class)
 
         if info["adapter"]:
-            model = _load_adapter(path, len(tokenizer), kwargs)
+            from transformers import AutoConfig
+
+            from spare_train.models.hf import load_adapter
+
+            config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+            model = load_adapter(path, AutoModelForTokenClassification, len(tokenizer), kwargs, config)
         else:
             model = AutoModelForTokenClassification.from_pretrained(path, **kwargs)
         return model, cls.wrap(_active(unwrap(model).score))
@@ -161,38 +168,8 @@ class ClassifierHead(PRMHead):
     @classmethod
     def snippet(cls, info: dict[str, Any]) -> tuple[list[str], str]:
         probs = "probs = model(ids).logits[0].softmax(-1)[:, 1]  # P(correct) at every token"
-        mlp = info["classifier_type"] == "mlp"
-        register = "import spare_train.prm.modeling  # registers SparePRMForTokenClassification"
-        if info["adapter"] and mlp:  # no Auto class builds the MLP head from the base: build it, then peft
-            return [
-                "from peft import PeftModel",
-                "from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer",
-                register,
-                f"BASE = {info['base_model']!r}  # the base model this adapter was trained on",
-                "tok = AutoTokenizer.from_pretrained(PATH)",
-                "base = AutoModelForTokenClassification.from_pretrained(BASE, config=AutoConfig.from_pretrained(PATH))",
-                "base.resize_token_embeddings(max(len(tok), base.get_input_embeddings().num_embeddings))  # rows for an added tag",
-                "model = PeftModel.from_pretrained(base, PATH).eval()",
-            ], probs
-        if info["adapter"]:
-            imports = ["from peft import AutoPeftModelForTokenClassification as Model", "from transformers import AutoTokenizer"]
-        else:
-            imports = ["from transformers import AutoModelForTokenClassification as Model, AutoTokenizer"]
-        if mlp:
-            imports.append(register)
-        return [*imports, "tok, model = AutoTokenizer.from_pretrained(PATH), Model.from_pretrained(PATH).eval()"], probs
-
-
-def _load_adapter(path: Path, vocab: int, kwargs: dict[str, Any]) -> Any:
-    """A head-B adapter: its base built as the saved token-classifier config, embeddings grown, then peft."""
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig, AutoModelForTokenClassification
-
-    from spare_train.models.backbone import resolve_model_path
-
-    base_path = resolve_model_path(PeftConfig.from_pretrained(path).base_model_name_or_path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
-    base = AutoModelForTokenClassification.from_pretrained(base_path, config=config, **kwargs)
-    if vocab > base.get_input_embeddings().num_embeddings:  # only grow, as AutoPeftModel does
-        base.resize_token_embeddings(vocab)
-    return PeftModel.from_pretrained(base, path)
+        register = ("import spare_train.prm.modeling  # registers SparePRMForTokenClassification",) if info["classifier_type"] == "mlp" else ()
+        if info["adapter"]:  # the base built as the saved token-classifier config, then the adapter
+            return adapter_snippet("AutoModelForTokenClassification", config=True, extra_imports=register), probs
+        return ["from transformers import AutoModelForTokenClassification, AutoTokenizer", *register,
+                "tok, model = AutoTokenizer.from_pretrained(PATH), AutoModelForTokenClassification.from_pretrained(PATH).eval()"], probs

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spare_train.models.backbone import unwrap
-from spare_train.prm.heads import PRMHead
+from spare_train.prm.heads import PRMHead, adapter_snippet
 
 
 def label_token_ids(tokenizer: Any, label_tokens: tuple[str, str] | list[str]) -> tuple[int, int]:
@@ -70,27 +70,28 @@ class LMTokenHead(PRMHead):
 
         from spare_train.models.hf import save_causal_lm
 
-        save_causal_lm(module.model, module.tokenizer, out, merge)
+        save_causal_lm(module.model, module.tokenizer, out, merge, base=module.backbone_cfg.name_or_path)
         return isinstance(module.model, PeftModel) and not merge
 
     @classmethod
     def load(cls, path: Path, info: dict[str, Any], tokenizer: Any, kwargs: dict[str, Any]) -> tuple[Any, PRMHead]:
+        from transformers import AutoModelForCausalLM
+
         if info["adapter"]:
-            from peft import AutoPeftModelForCausalLM
+            from spare_train.models.hf import load_adapter
 
-            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+            model = load_adapter(path, AutoModelForCausalLM, len(tokenizer), kwargs)
         else:
-            from transformers import AutoModelForCausalLM
-
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         return model, cls(*info["label_token_ids"], label_tokens=tuple(info["label_tokens"]))
 
     @classmethod
     def snippet(cls, info: dict[str, Any]) -> tuple[list[str], str]:
         neg, pos = info["label_token_ids"]
+        probs = f"probs = model(ids).logits[0][:, [{neg}, {pos}]].softmax(-1)[:, 1]  # P(correct) at every token"
         if info["adapter"]:
-            imports = "from peft import AutoPeftModelForCausalLM as Model\nfrom transformers import AutoTokenizer"
-        else:
-            imports = "from transformers import AutoModelForCausalLM as Model, AutoTokenizer"
-        load = [imports, "tok, model = AutoTokenizer.from_pretrained(PATH), Model.from_pretrained(PATH).eval()"]
-        return load, f"probs = model(ids).logits[0][:, [{neg}, {pos}]].softmax(-1)[:, 1]  # P(correct) at every token"
+            return adapter_snippet("AutoModelForCausalLM"), probs
+        load = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+                "tok, model = AutoTokenizer.from_pretrained(PATH), AutoModelForCausalLM.from_pretrained(PATH).eval()"]
+        return load, probs
+
