@@ -97,7 +97,7 @@ def check_allocation(trainer: dict[str, Any], alloc: Allocation) -> None:
 
 def resolve_recipe(fit_args: list[str]) -> dict[str, Any]:
     """The recipe as ``spare-train fit`` will see it (``--print_config`` of the same arguments)."""
-    from spare_train.cli import lightning_cli, resolve_config_args
+    from spare_train.cli import lightning_cli, resolve_config_args, user_errors
 
     out, err = io.StringIO(), io.StringIO()
     argv = mock.patch.object(sys, "argv", sys.argv[:1])  # Lightning warns when it sees two command lines
@@ -107,6 +107,8 @@ def resolve_recipe(fit_args: list[str]) -> dict[str, Any]:
         except SystemExit as exit_:
             if exit_.code not in (0, None):
                 raise SubmitError(f"the recipe does not parse:\n{err.getvalue().strip()}") from None
+        except user_errors() as error:
+            raise SubmitError(f"the recipe does not parse:\n{error}") from None
     return yaml.safe_load(out.getvalue())
 
 
