@@ -35,7 +35,8 @@ def export(
     """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule.
 
     Args:
-        ckpt: the Lightning checkpoint (``.ckpt``).
+        ckpt: the Lightning checkpoint: a ``.ckpt`` file, or the folder of shards an FSDP2 run
+            with ``save_distributed_checkpoint: true`` writes.
         out: the output folder.
         merge: fold LoRA adapters into the weights (else an adapter is saved; full fine-tunes are
             always saved whole).
