@@ -161,3 +161,26 @@ def test_ddp_and_fsdp2_train_dpo_like_one_process(dpo_runs, data, tmp_path):
         first, val = _logged(dpo_runs[k], "train/loss")[0], _logged(dpo_runs[k], "val/loss")
         print(k, "first train loss", first, "val loss after the epoch", val)
         assert abs(first - math.log(2)) < 1e-5 and val[-1] < math.log(2) - 0.02, (k, first, val)
+
+
+def test_precomputed_reference_is_split_across_ranks_and_gathered(data):
+    """``reference: precomputed``: each rank scores its share of the examples and the shares are
+    gathered; the cache a 2-process run (DDP, FSDP2) keeps equals the one-process cache."""
+    caches = {}
+    for name, kw in (("single", {}), ("ddp", {"devices": 2, "strategy": "ddp"}),
+                     ("fsdp2", {"devices": 2, "strategy": "fsdp2"})):  # fmt: skip
+        run = data["root"] / f"precomputed-{name}"
+        fit("offline_rl/tiny-dpo.yaml", run, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+            "--model.init_args.reference=precomputed", "--data.init_args.batch_size=4",
+            f"--data.init_args.train={data['dpo']}", f"--data.init_args.val={data['dpo']}",
+            f"--data.init_args.cache_dir={data['cache']}", **kw)  # fmt: skip
+        caches[name] = load(final_checkpoint(run))["callbacks"]["ReferenceLogps"]["cache"]
+    want = caches["single"]
+    assert set(want) == {"train", "val"} and len(want["train"]) == 35
+    for name in ("ddp", "fsdp2"):
+        for split in want:
+            assert caches[name][split].keys() == want[split].keys(), (name, split)
+            diff = max(float((a - b).abs().max()) for k in want[split]
+                       for a, b in zip(caches[name][split][k], want[split][k], strict=True))  # fmt: skip
+            print(name, split, "max |log-prob difference|:", diff)
+            assert diff < 1e-4, (name, split, diff)

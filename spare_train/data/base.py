@@ -162,6 +162,7 @@ class AnnotationDataModule(L.LightningDataModule):
         self.datasets: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._resume_position: tuple[int, int] | None = None  # from a checkpoint, for the train sampler
+        self._train_sampler: LengthGroupedSampler | None = None
 
     # ---- what the model is linked to (spare-train fit passes these to the LightningModule) ----
     @property
@@ -254,9 +255,10 @@ class AnnotationDataModule(L.LightningDataModule):
         )  # fmt: skip
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)  # workers may draw indices before Lightning sets it
-            if self._resume_position is not None:
-                sampler.resume(*self._resume_position)
-                self._resume_position = None
+        if self._resume_position is not None:
+            sampler.resume(*self._resume_position)
+            self._resume_position = None
+        self._train_sampler = sampler
         return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, collate_fn=self.collator(),
                           num_workers=hp.num_workers, generator=generator)  # fmt: skip
 
@@ -287,3 +289,15 @@ class AnnotationDataModule(L.LightningDataModule):
         self.resumed_report = state_dict.get("read_report")
         position = state_dict.get("train_position")
         self._resume_position = tuple(position) if position else None
+        sampler = self._train_sampler
+        if sampler is not None and self._resume_position is not None:
+            # strategies that restore after set-up (FSDP2) built the train loader before this load:
+            # its sampler has not started yet (num_workers=0), so it can still skip
+            if sampler.started and self.hparams.num_workers > 0:
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn("resuming mid-epoch with data.num_workers > 0 under this strategy: the workers "
+                               "fetched batches before the checkpoint loaded, so the epoch restarts its order; "
+                               "set data.init_args.num_workers: 0 for an exact resume")  # fmt: skip
+            sampler.resume(*self._resume_position)
+            self._resume_position = None

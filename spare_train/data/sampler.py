@@ -50,6 +50,7 @@ class LengthGroupedSampler(DistributedSampler):
         self.num_samples = self.num_steps * batch_size
         self.total_size = self.num_samples * num_replicas
         self._resume: tuple[int, int] | None = None
+        self.started = False  # an iteration has begun (its skip, if any, is decided)
 
     def global_batches(self) -> list[list[int]]:
         """Every rank's batches of the current epoch, in order (rank ``r`` takes ``r::num_replicas``)."""
@@ -77,6 +78,7 @@ class LengthGroupedSampler(DistributedSampler):
         self._resume = (epoch, batches_done)
 
     def __iter__(self) -> Iterator[int]:
+        self.started = True
         skip = 0
         if self._resume is not None:
             epoch, done = self._resume
