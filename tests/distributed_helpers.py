@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
        "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+#: ``gpu`` runs the same tests on GPUs (NCCL; see docs/distributed.md for the command); CI runs ``cpu`` (gloo)
+ACCELERATOR = os.environ.get("SPARE_TRAIN_TEST_ACCELERATOR", "cpu")
 
 
 def small_spare_file(path: Path, n: int) -> Path:
@@ -31,10 +33,11 @@ def small_spare_file(path: Path, n: int) -> Path:
 def fit_command(recipe: str, run: Path, *args: str, devices: int = 1, strategy: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "spare_train.cli", "fit", "--config", str(ROOT / "recipes" / recipe)]
     if strategy:
-        cmd += ["--config", str(ROOT / "recipes" / "strategies" / f"{strategy}.yaml"), "--trainer.accelerator=cpu"]
-        if strategy == "fsdp2":
+        cmd += ["--config", str(ROOT / "recipes" / "strategies" / f"{strategy}.yaml")]
+        if strategy == "fsdp2":  # fp32 compute, so that it can equal one process to float rounding
             cmd += ["--trainer.strategy.init_args.param_dtype=null"]
-    return cmd + [f"--trainer.devices={devices}", f"--trainer.default_root_dir={run}", *QUIET, *args]
+    cmd += [f"--trainer.accelerator={ACCELERATOR}", f"--trainer.devices={devices}"]
+    return cmd + [f"--trainer.default_root_dir={run}", *QUIET, *args]
 
 
 def fit(recipe: str, run: Path, *args: str, devices: int = 1, strategy: str | None = None, timeout: int = 900,
