@@ -52,7 +52,8 @@ FIT_TIPS = """Options users change first (any option of a recipe can be overridd
   --data.init_args.train FILE           training annotations (--data.init_args.format picks the reader)
   --data.init_args.batch_size N         examples per batch per device
   --trainer.default_root_dir DIR        where logs and checkpoints go
-  --ckpt_path last                      resume from the newest checkpoint of the run
+  --ckpt_path last                      resume from the newest checkpoint under default_root_dir
+  --config recipes/strategies/ddp.yaml  several GPUs (also fsdp2.yaml, fsdp1.yaml; see docs/distributed.md)
   --print_config                        show the resolved recipe and stop
   --model.help CLASS, --data.help CLASS the options of a recipe's model or data class, e.g.
                                         --model.help spare_train.prm.PRMModule"""
@@ -145,6 +146,11 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
                 if hparams:
                     self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
+        def before_fit(self) -> None:
+            resolve_last_checkpoint(self.config_init[self.subcommand], self.trainer.default_root_dir)
+
+        before_validate = before_test = before_fit
+
     from lightning.pytorch import LightningDataModule, LightningModule
 
     from spare_train.launch.tracking import SaveAndLogConfig
@@ -163,6 +169,23 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
                        "formatter_class": _help_formatter(),  # subcommands inherit it
                        **{c: {"exit_on_error": False, **(FIT_HELP if c == "fit" else {})} for c in LIGHTNING_COMMANDS}},
     )  # fmt: skip
+
+
+def resolve_last_checkpoint(config: Any, root: str) -> None:
+    """``--ckpt_path last``: the newest complete checkpoint anywhere under ``root``
+    (:func:`spare_train.models.checkpoint.find_last_checkpoint`); Lightning would look only in
+    this new run's ``version_N`` folder and silently start over."""
+    if config.get("ckpt_path") != "last":
+        return
+    from spare_train.models.checkpoint import find_last_checkpoint
+
+    found = find_last_checkpoint(root)
+    if found is None:
+        print(f"--ckpt_path last: no checkpoint under {root}; training from the start", file=sys.stderr)
+        config["ckpt_path"] = None
+    else:
+        print(f"--ckpt_path last: resuming from {found}", file=sys.stderr)
+        config["ckpt_path"] = found
 
 
 def _doc_params(fn: Callable) -> dict[str, str]:
@@ -288,6 +311,8 @@ def _dispatch(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = argv[0]
     if command in LIGHTNING_COMMANDS:
+        # a run stopped by SIGTERM raises SystemExit(143) after saving (0 if it requeued itself);
+        # see spare_train.models.preemption
         lightning_cli(argv)
         return 0
     if command == "data":

@@ -36,6 +36,12 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise DataError("missing_checkpoint", f"no such file ({WHERE_CHECKPOINTS})", path)
+    if p.is_dir() and (p / ".metadata").is_file():  # the shard folder of an FSDP2 run
+        try:
+            return load_checkpoint(p)
+        except Exception as err:  # a folder that only looks like one
+            raise DataError("not_a_checkpoint", f"a checkpoint shard folder torch cannot read ({type(err).__name__}: {err})",
+                            path) from None  # fmt: skip
     if p.is_dir():
         kind = "an exported model folder" if any((p / m).is_file() for m in EXPORT_MARKERS) else "a folder"
         found = sorted(p.rglob("*.ckpt"))
@@ -94,7 +100,8 @@ def export(
     """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule.
 
     Args:
-        ckpt: the Lightning checkpoint (``.ckpt``) of a training run.
+        ckpt: the Lightning checkpoint of a training run: a ``.ckpt`` file, or the folder of shards
+            an FSDP2 run with ``save_distributed_checkpoint: true`` writes.
         out: the output folder (new or empty).
         merge: fold LoRA adapters into the weights (else an adapter is saved; full fine-tunes are
             always saved whole).

@@ -1,9 +1,11 @@
-"""Every shipped recipe (recipes/**/*.yaml, PRM and offline RL) parses through the LightningCLI.
+"""Every shipped recipe (recipes/**/*.yaml, PRM and offline RL) parses through the LightningCLI,
+and every strategy fragment (recipes/strategies/*.yaml) parses composed with a recipe.
 
 Parsing resolves every class path and checks every option against the typed signatures, without
 building models or reading data (``--print_config`` stops after validation). A fragment (a file
 with no ``model``, e.g. recipes/loggers/wandb.yaml) parses after the tiny PRM recipe; wandb sweep
 files (recipes/sweeps/, a ``command``) are not fit recipes and have their own test (test_wandb.py).
+So the GPU-only fragments (FSDP1, bf16 mixed precision) are checked here even where no GPU runs them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def _kind(path: Path) -> str:
 YAMLS = sorted((ROOT / "recipes").rglob("*.yaml"))
 RECIPES = [p for p in YAMLS if _kind(p) != "sweep"]
 FULL = [p for p in YAMLS if _kind(p) == "recipe"]  # with a model and data: what a header command trains
+STRATEGIES = sorted((ROOT / "recipes" / "strategies").glob("*.yaml"))
 
 
 def test_recipes_exist():
@@ -104,3 +107,33 @@ def test_header_says_where_checkpoints_land_and_it_is_true(path, tmp_path, monke
     # wandb run id (None until wandb starts)
     stated = str(where / "last.ckpt").replace("version_0", "version_N").replace("version_None", "<wandb run id>")
     assert f"# Checkpoints: {stated}" in header(path)
+
+
+def _resolved(*configs, extra=()):
+    out = io.StringIO()
+    args = ["fit"] + [a for c in configs for a in ("--config", str(c))] + list(extra) + ["--print_config"]
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        make_cli(args)
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(out.getvalue())
+
+
+@pytest.mark.parametrize("path", STRATEGIES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", ["prm/llama3-8b-qlora.yaml", "offline_rl/tiny-dpo.yaml"])
+def test_strategy_fragment_composes_with_a_recipe(path, recipe):
+    text = path.read_text()
+    assert f"--config recipes/strategies/{path.name}" in text, "the header comment must give the exact command"
+    cfg = _resolved(ROOT / "recipes" / recipe, path)
+    strategy = cfg["trainer"]["strategy"]
+    fragment = yaml.safe_load(text)["trainer"]["strategy"]
+    assert strategy["class_path"] == fragment["class_path"]
+    for key, value in fragment.get("init_args", {}).items():  # the fragment's settings win
+        assert strategy["init_args"][key] == value, key
+    assert cfg["model"]["class_path"].startswith("spare_train.")  # the recipe's model survives
+
+
+def test_checkpoint_every_n_steps_is_an_override():
+    cfg = _resolved(ROOT / "recipes" / "prm" / "tiny.yaml", extra=["--trainer.callbacks.init_args.every_n_train_steps=7"])
+    ck = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert ck[-1]["init_args"]["every_n_train_steps"] == 7  # the periodic one is listed last
+    assert ck[0]["init_args"]["save_last"] is True

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from spare_train.data.sampler import LengthGroupedSampler
@@ -147,6 +148,8 @@ class AnnotationDataModule(L.LightningDataModule):
         self.records: dict[str, list[StepRecord]] = {}
         self.datasets: dict[str, Any] = {}
         self._tokenizer: Any = None
+        self._resume_position: tuple[int, int] | None = None  # from a checkpoint, for the train sampler
+        self._train_sampler: LengthGroupedSampler | None = None
 
     # ---- what the model is linked to (spare-train fit passes these to the LightningModule) ----
     @property
@@ -230,9 +233,12 @@ class AnnotationDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set `data.{split}` (or val_fraction for val)")
         ds, hp = self.datasets[split], self.hparams
+        # a loader's own generator: creating its iterator then never draws from the global RNG,
+        # which dropout uses (so a resumed run draws the masks an uninterrupted one draws)
+        generator = torch.Generator().manual_seed(hp.seed)
         if not train:
             return DataLoader(ds, batch_size=hp.batch_size, shuffle=False, collate_fn=self.collator(),
-                              num_workers=hp.num_workers)  # fmt: skip
+                              num_workers=hp.num_workers, generator=generator)  # fmt: skip
         trainer = self.trainer
         lengths = self.example_lengths(ds) if hp.group_by_length else [0] * len(ds)
         sampler = LengthGroupedSampler(
@@ -240,8 +246,14 @@ class AnnotationDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0, shuffle=True, seed=hp.seed,
             mega_batch_mult=50 if hp.group_by_length else 1,
         )  # fmt: skip
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)  # workers may draw indices before Lightning sets it
+        if self._resume_position is not None:
+            sampler.resume(*self._resume_position)
+            self._resume_position = None
+        self._train_sampler = sampler
         return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, collate_fn=self.collator(),
-                          num_workers=hp.num_workers)  # fmt: skip
+                          num_workers=hp.num_workers, generator=generator)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -252,9 +264,33 @@ class AnnotationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
-    # ---- checkpoints keep the read report ---------------------------------------------------------
+    # ---- checkpoints keep the read report and the sampler position ----------------------------
+    def train_position(self) -> tuple[int, int] | None:
+        """``(epoch, batches of it trained on)`` during ``fit``: where a resumed run continues."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if done >= trainer.num_training_batches:  # saved at the end of the epoch: the next starts afresh
+            return epoch + 1, 0
+        return epoch, done
+
     def state_dict(self) -> dict[str, Any]:
-        return {"read_report": self.report.to_dict(max_rejections=100)}
+        return {"read_report": self.report.to_dict(max_rejections=100), "train_position": self.train_position()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.resumed_report = state_dict.get("read_report")
+        position = state_dict.get("train_position")
+        self._resume_position = tuple(position) if position else None
+        sampler = self._train_sampler
+        if sampler is not None and self._resume_position is not None:
+            # strategies that restore after set-up (FSDP2) built the train loader before this load:
+            # its sampler has not started yet (num_workers=0), so it can still skip
+            if sampler.started and self.hparams.num_workers > 0:
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn("resuming mid-epoch with data.num_workers > 0 under this strategy: the workers "
+                               "fetched batches before the checkpoint loaded, so the epoch restarts its order; "
+                               "set data.init_args.num_workers: 0 for an exact resume")  # fmt: skip
+            sampler.resume(*self._resume_position)
+            self._resume_position = None

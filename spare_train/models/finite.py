@@ -4,23 +4,31 @@ A NaN or infinite loss poisons every weight at the next optimizer step, and a mo
 are NaN scores every step NaN, which a metric could otherwise read as "lowest" or a best-of-N
 pick. So, in one self-contained place used by both training modules:
 
-* :func:`check_loss` (called by each module's ``training_step``): a loss that is not finite
-  raises :class:`NonFiniteError` naming the optimizer step and batch (``nonfinite_loss="raise"``,
-  the default), or skips that batch -- no backward, no optimizer step -- and counts it
-  (``"skip"``: logged as ``train/skipped_nonfinite_batches``). Under several processes the ranks
-  decide together, so they all skip or all stop.
-* :class:`NonFiniteGuard` (a callback both modules return from ``configure_callbacks``): refuses
-  to write a checkpoint whose trainable weights are not all finite.
-* :func:`nonfinite_parameters`: the names of non-finite tensors, used by the exports, which
-  refuse such a model too.
+* :class:`NonFiniteLoss` (a callback both modules return from ``configure_callbacks`` with their
+  ``nonfinite_loss`` option) acts before the backward pass:
 
-It knows nothing about strategies or resuming beyond ``reduce_boolean_decision``; keep it that way.
+  - ``raise`` (default): stop with :class:`NonFiniteError` naming the optimizer step, epoch, batch
+    index, the rank(s) and the batch's record ids, so the record can be found in the data.
+    Nothing has been updated yet, so the last checkpoint is good.
+  - ``skip``: let the backward run (under DDP every rank must), then drop the gradients of the
+    whole optimizer step before it is taken (with ``accumulate_grad_batches > 1`` the other
+    micro-batches of that step go too): weights and optimiser moments stay as they were; the step
+    still counts toward ``max_steps`` and the schedule. The count and the skipped record ids are
+    logged (``train/skipped_nonfinite_batches``) and travel with checkpoints.
+
+  Ranks decide together (any rank non-finite means every rank raises or skips), so no rank waits
+  on a collective the others left; Lightning's own skip (``training_step`` returning ``None``) is
+  refused under several processes, this one works under one process, DDP and FSDP alike. A run
+  stopped by ``raise`` resumes past the bad batch with ``--model.init_args.nonfinite_loss skip``:
+  the option is not a saved hyper-parameter, so the command line decides.
+* :class:`NonFiniteGuard` (a callback too): refuses to write a checkpoint whose trainable weights
+  are not all finite.
+* :func:`check_weights`: the exports refuse such a model too.
 """
-
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -28,7 +36,7 @@ from lightning.pytorch.callbacks import Callback
 from spare_train.report import DataError
 
 #: what a training module does with a loss that is not finite
-NONFINITE_LOSS = ("raise", "skip")
+NonFiniteMode = Literal["raise", "skip"]
 
 
 class NonFiniteError(DataError):
@@ -67,29 +75,83 @@ def _agree(module: Any, ok: bool) -> bool:
     return trainer.strategy.reduce_boolean_decision(ok, all=True) if trainer is not None else ok
 
 
-def check_loss(module: Any, loss: torch.Tensor, batch_idx: int, mode: str = "raise") -> torch.Tensor | None:
-    """``loss`` when finite; else raise :class:`NonFiniteError` (``mode="raise"``) or return
-    ``None``, which makes Lightning skip the backward pass and the optimizer step (``"skip"``)."""
-    if _agree(module, bool(torch.isfinite(loss.detach()).all())):
-        return loss
-    step, epoch = module.global_step, module.current_epoch
-    if mode == "raise":
-        raise NonFiniteError("nonfinite_loss", f"the training loss is {float(loss)} at optimizer step {step} "
-                             f"(epoch {epoch}, batch {batch_idx}); lower the learning rate or check the data, "
-                             "or set the model's nonfinite_loss: skip to skip such batches")  # fmt: skip
-    if mode != "skip":
-        raise ValueError(f"nonfinite_loss must be one of {NONFINITE_LOSS}, not {mode!r}")
-    module.skipped_nonfinite_batches = getattr(module, "skipped_nonfinite_batches", 0) + 1
-    from lightning.pytorch.utilities import rank_zero_warn
-
-    rank_zero_warn(f"skipped batch {batch_idx} at optimizer step {step}: the loss is {float(loss)} "
-                   f"({module.skipped_nonfinite_batches} batch(es) skipped so far)")  # fmt: skip
-    module.log("train/skipped_nonfinite_batches", float(module.skipped_nonfinite_batches), reduce_fx="max")
-    return None
-
-
 class NonFiniteGuard(Callback):
     """Refuse to save a checkpoint whose trainable weights are not all finite (see module docstring)."""
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         check_weights(pl_module, f"to save a checkpoint at optimizer step {trainer.global_step}", trainable_only=True)
+
+
+class NonFiniteLoss(Callback):
+    """Raise on, or skip, batches whose training loss is not finite (see the module docstring)."""
+
+    def __init__(self, mode: NonFiniteMode = "raise", max_ids: int = 20) -> None:
+        if mode not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', not {mode!r}")
+        self.mode = mode
+        self.max_ids = max_ids
+        self.skipped = 0
+        self.skipped_ids: list[str] = []
+        self._ids: list[str] = []
+        self._drop_step = False
+
+    @property
+    def state_key(self) -> str:
+        return "NonFiniteLoss"  # one per run whatever the mode, so a resume may change the mode
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        ids = batch.get("ids") if isinstance(batch, dict) else None
+        self._ids = [str(i) for i in ids] if ids is not None else []
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        where = _bad_ranks(trainer, bad, self._ids, float(loss.detach().float().mean()))
+        step, epoch = trainer.global_step, trainer.current_epoch
+        ids = [i for _, _, rank_ids in where for i in rank_ids]
+        ranks = ", ".join(f"rank {r}: loss {value}" for r, value, _ in where)
+        if self.mode == "raise":
+            raise NonFiniteError(
+                "nonfinite_loss",
+                f"the training loss is not finite at optimizer step {step} (epoch {epoch}, batch {self._batch_idx}; "
+                f"{ranks}); the batch's records: {ids[: self.max_ids]}. Nothing was updated: check those records "
+                "or lower the learning rate, or resume with --model.init_args.nonfinite_loss skip",
+                where=f"step {step}",
+            )  # fmt: skip
+        self.skipped += 1
+        self.skipped_ids = (self.skipped_ids + ids)[-self.max_ids :]
+        self._drop_step = True
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(f"skipping optimizer step {step} (epoch {epoch}, batch {self._batch_idx}): the loss is not "
+                       f"finite ({ranks}); records {ids[: self.max_ids]}; {self.skipped} skipped so far")  # fmt: skip
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self._drop_step:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None  # the optimiser then leaves p and its state untouched
+            self._drop_step = False
+        if self.mode == "skip":
+            pl_module.log("train/skipped_nonfinite_batches", float(self.skipped), rank_zero_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "skipped_ids": list(self.skipped_ids)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.skipped_ids = list(state_dict.get("skipped_ids", []))
+
+
+def _bad_ranks(trainer: Any, bad: bool, ids: list[str], value: float) -> list[tuple[int, float, list[str]]]:
+    """``(rank, loss, record ids)`` of every rank whose loss is not finite (gathered when distributed)."""
+    mine = (trainer.global_rank, value, ids) if bad else None
+    if trainer.world_size <= 1:
+        return [mine] if mine else []
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(out, mine)
+    return [x for x in out if x is not None]

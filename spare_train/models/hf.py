@@ -37,7 +37,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint, loaded without unpickling arbitrary objects."""
+    """A Lightning checkpoint, loaded without unpickling arbitrary objects: a ``.ckpt`` file, or
+    the folder a sharded FSDP2 run writes (consolidated in memory, optimiser states left out;
+    :func:`spare_train.models.parallel.read_sharded_checkpoint`)."""
+    if Path(path).is_dir():
+        from spare_train.models.parallel import read_sharded_checkpoint
+
+        return read_sharded_checkpoint(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -10,6 +10,10 @@ strategy places and shards it, but left out of checkpoints); ``precomputed`` run
 once over the data at the start of ``fit`` (:class:`spare_train.policy.reference.ReferenceLogps`),
 so training holds one model and does one forward per step; ``auto`` picks ``adapter`` under LoRA
 and ``copy`` otherwise (``none`` when the objective needs no reference).
+
+Under FSDP2 (:class:`spare_train.models.parallel.FSDP2Strategy`) the policy is sharded per decoder
+layer, and so is the ``copy`` reference (frozen, gathered layer by layer in its no-grad forward);
+the ``adapter`` reference is the sharded policy itself.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import torch
 
 from spare_train.models.backbone import BackboneConfig, backbone_config, load_backbone
 from spare_train.models.checkpoint import TrainingStateCheckpoint
-from spare_train.models.finite import NonFiniteGuard, check_loss
+from spare_train.models.finite import NonFiniteGuard, NonFiniteLoss, NonFiniteMode
 from spare_train.models.optim import OptimConfig, configure_optimizers
+from spare_train.models.parallel import shard_for_strategy
+from spare_train.models.preemption import SaveOnSigterm
 from spare_train.policy import losses as F_
 from spare_train.policy.objectives import Inputs, Objective, build_objective
 from spare_train.tokenize import FormatConfig, format_config, load_tokenizer
@@ -53,8 +59,9 @@ class PolicyModule(L.LightningModule):
         warmup_ratio: fraction of steps with linear warm-up.
         logprob_chunk_rows: rows per chunk when turning logits into token log-probs.
         disable_dropout: set every dropout to 0 (policy and reference then see the same network).
-        nonfinite_loss: a NaN or infinite training loss ``raise``s an error naming the step, or
-            ``skip``s that batch and counts it (:mod:`spare_train.models.finite`).
+        nonfinite_loss: on a NaN/inf training loss, ``raise`` (stop, naming the step and the
+            batch's record ids) or ``skip`` the optimizer step and count it
+            (:mod:`spare_train.models.finite`); not saved with the checkpoint, so a resume decides.
     """
 
     def __init__(
@@ -72,10 +79,11 @@ class PolicyModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         logprob_chunk_rows: int = 1,
         disable_dropout: bool = True,
-        nonfinite_loss: Literal["raise", "skip"] = "raise",
+        nonfinite_loss: NonFiniteMode = "raise",
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["objective"])
+        self.save_hyperparameters(ignore=["objective", "nonfinite_loss"])
+        self.nonfinite_loss = nonfinite_loss
         self.backbone_cfg = backbone_config(backbone)
         self.objective = build_objective(objective)
         self.format_config = format_config(prompt_format)
@@ -119,9 +127,11 @@ class PolicyModule(L.LightningModule):
                 self.reference_mode = "adapter" if isinstance(self.policy, PeftModel) else "copy"
         if self.reference_mode == "copy" and self.reference_model is None:
             self.reference_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        shard_for_strategy(self, self.policy)
+        shard_for_strategy(self, self.reference_model)
 
     def configure_callbacks(self) -> list[Any]:
-        callbacks: list[Any] = [TrainingStateCheckpoint(), NonFiniteGuard()]
+        callbacks: list[Any] = [TrainingStateCheckpoint(), NonFiniteLoss(self.nonfinite_loss), NonFiniteGuard(), SaveOnSigterm()]
         if self.reference_mode == "precomputed":
             from spare_train.policy.reference import ReferenceLogps
 
@@ -209,20 +219,21 @@ class PolicyModule(L.LightningModule):
         return obj(Inputs(logps, ref, batch, z0))
 
     # ------------------------------------------------------------------ Lightning hooks
-    def _step(self, batch: dict[str, Any], stage: str, batch_idx: int = 0) -> torch.Tensor | None:
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         loss, metrics = self.compute_loss(batch)
-        if stage == "train" and check_loss(self, loss, batch_idx, self.hparams.nonfinite_loss) is None:
-            return None
         bs = batch["input_ids"].shape[0] // batch["num_completions"]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, on_step=on_step, on_epoch=not on_step)
+        kw = {"batch_size": bs, "on_step": on_step, "on_epoch": not on_step}
+        # validation is sharded across ranks: its loss is averaged over all of them (the other
+        # metrics are rank 0's: a NaN skipped on one rank only would leave the others' sync waiting)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=not on_step, **kw)
         for k, v in metrics.items():
             if not (isinstance(v, torch.Tensor) and torch.isnan(v)):
-                self.log(f"{stage}/{k}", v, batch_size=bs, on_step=on_step, on_epoch=not on_step)
+                self.log(f"{stage}/{k}", v, **kw)
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self._step(batch, "train", batch_idx)
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")

@@ -2,8 +2,9 @@
 
 At the start of ``fit`` the reference model (the policy as it is then, adapters included) runs
 once over every example of the train and validation datasets; each rank scores its share
-(examples ``rank, rank + world, …``) and the shares are gathered, so under DDP the pass costs
-``1 / world`` of the data per rank. Each example's token log-probs per completion are kept here,
+(examples ``rank, rank + world, …``, in the same number of forward passes on every rank, as FSDP
+needs) and the shares are gathered, so under DDP or FSDP the pass costs ``1 / world`` of the data
+per rank. Each example's token log-probs per completion are kept here,
 keyed by the example's ``index`` column; before every batch the callback writes them into the
 batch as ``ref_logps`` (``[R, L]``, aligned with ``loss_mask``). Training then holds one model and
 does one forward pass per step. Nothing is written into the DataModule.
@@ -31,19 +32,26 @@ class ReferenceLogps(Callback):
     def precompute(self, trainer: Any, module: Any, split: str, dataset: Any, collate: Any, batch_size: int) -> None:
         world, rank = trainer.world_size, trainer.global_rank
         mine = list(range(rank, len(dataset), world))
+        # every rank runs the same number of forwards: under FSDP each one gathers weights from all
+        # ranks, so a rank with one batch fewer would leave the others waiting
+        largest_share = -(-len(dataset) // world)
+        n_batches = -(-largest_share // batch_size)
         local: dict[int, list[torch.Tensor]] = {}
         was_training = module.policy.training
         module.policy.eval()
-        for start in range(0, len(mine), batch_size):
-            batch = collate([dataset[i] for i in mine[start : start + batch_size]])
+        for b in range(n_batches):
+            chunk = mine[b * batch_size : (b + 1) * batch_size]
+            batch = collate([dataset[i] for i in (chunk or [0])])  # an empty share runs a discarded batch
             batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             logps = module.reference_forward(batch).float().cpu()
+            kl = module.reference_forward(batch, prefix="kl_").float().cpu() if "kl_input_ids" in batch else None
+            if not chunk:
+                continue
             mask = batch["loss_mask"].cpu()
             B = len(batch["index"])
             for r in range(len(logps)):
                 local.setdefault(int(batch["index"][r % B]), []).append(logps[r][mask[r]])
-            if "kl_input_ids" in batch:  # KTO's mismatched rows are fixed per example: cache them too
-                kl = module.reference_forward(batch, prefix="kl_").float().cpu()
+            if kl is not None:  # KTO's mismatched rows are fixed per example: cache them too
                 kl_mask = batch["kl_loss_mask"].cpu()
                 for r in range(B):
                     local[int(batch["index"][r])].append(kl[r][kl_mask[r]])

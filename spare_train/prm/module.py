@@ -7,7 +7,9 @@ checkpoint holds in :mod:`spare_train.models.checkpoint`. Precision, gradient ac
 clipping and the distribution strategy are Trainer settings (see ``recipes/prm/``).
 
 The model is built in :meth:`PRMModule.configure_model`, so a sharding strategy can wrap it as it
-is created. ``tokenizer`` and ``prompt_format`` come from the DataModule (``spare-train fit`` links
+is created: under FSDP2 (:class:`spare_train.models.parallel.FSDP2Strategy`) each decoder layer is
+sharded and the whole scoring forward (body, tag gather, head) runs inside one root module
+(:class:`spare_train.prm.heads.StepScorer`), so both heads read whole weights, never shards. ``tokenizer`` and ``prompt_format`` come from the DataModule (``spare-train fit`` links
 them), so they are written once, under ``data``, and saved with the checkpoint.
 """
 
@@ -22,9 +24,11 @@ from torch import Tensor
 
 from spare_train.models.backbone import BackboneConfig, backbone_config, load_backbone
 from spare_train.models.checkpoint import TrainingStateCheckpoint
-from spare_train.models.finite import NonFiniteGuard, check_loss
+from spare_train.models.finite import NonFiniteGuard, NonFiniteLoss, NonFiniteMode
 from spare_train.models.optim import OptimConfig, configure_optimizers
-from spare_train.prm.heads import get_head, step_logits, step_scores
+from spare_train.models.parallel import shard_for_strategy
+from spare_train.models.preemption import SaveOnSigterm
+from spare_train.prm.heads import StepScorer, get_head, step_scores
 from spare_train.prm.loss import soft_cross_entropy
 from spare_train.tokenize import FormatConfig, format_config, load_tokenizer, prepare_tokenizer
 
@@ -55,8 +59,9 @@ class PRMModule(L.LightningModule):
         betas: Adam betas.
         scheduler: learning-rate shape after warmup (transformers' ``get_*_schedule_with_warmup``).
         warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
-        nonfinite_loss: a NaN or infinite training loss ``raise``s an error naming the step, or
-            ``skip``s that batch and counts it (:mod:`spare_train.models.finite`).
+        nonfinite_loss: on a NaN/inf training loss, ``raise`` (stop, naming the step and the
+            batch's record ids) or ``skip`` the optimizer step and count it
+            (:mod:`spare_train.models.finite`); not saved with the checkpoint, so a resume decides.
         include_references: count reference solutions (``is_reference``, e.g. GSM8K's gold answer)
             in the validation / test metrics; off, as in ``spare-train evaluate``: they are not
             candidates, and would make the best-of-N oracle 100 %.
@@ -79,11 +84,12 @@ class PRMModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         scheduler: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_ratio: float = 0.0,
-        nonfinite_loss: Literal["raise", "skip"] = "raise",
+        nonfinite_loss: NonFiniteMode = "raise",
         include_references: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["nonfinite_loss"])
+        self.nonfinite_loss = nonfinite_loss
         self.backbone_cfg = backbone_config(backbone)
         self.format_config = format_config(prompt_format)
         get_head(head)  # fail at construction on a head name that does not exist
@@ -126,13 +132,24 @@ class PRMModule(L.LightningModule):
             self.model, self.tokenizer, label_tokens=tuple(hp.label_tokens), classifier_type=hp.classifier_type
         )
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes
+        shard_for_strategy(self, self.model, root=self.scorer)
+
+    @property
+    def scorer(self) -> StepScorer:
+        """The forward's root module over ``model`` and ``head``; kept out of the module tree (so
+        state_dict keys stay ``model.*`` / ``head.*``) and rebuilt if either was replaced."""
+        scorer = self.__dict__.get("_scorer")
+        if scorer is None or scorer.model is not self.model or scorer.head is not self.head:
+            scorer = StepScorer(self.model, self.head)
+            object.__setattr__(self, "_scorer", scorer)
+        return scorer
 
     def configure_callbacks(self) -> list[Any]:
-        return [TrainingStateCheckpoint(), NonFiniteGuard()]
+        return [TrainingStateCheckpoint(), NonFiniteLoss(self.nonfinite_loss), NonFiniteGuard(), SaveOnSigterm()]
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-step logits ``[B, S, 2]`` (incorrect, correct)."""
-        return step_logits(self.model, self.head, batch)
+        return self.scorer({k: batch[k] for k in StepScorer.INPUTS if k in batch})
 
     def loss(self, logits: Tensor, batch: dict[str, Tensor], first_error_only: bool = False) -> Tensor:
         hp = self.hparams
@@ -146,12 +163,10 @@ class PRMModule(L.LightningModule):
         )
 
     # ---- loops --------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         curriculum = self.global_step < self.hparams.first_error_steps
-        loss = check_loss(self, self.loss(self(batch), batch, first_error_only=curriculum), batch_idx,
-                          self.hparams.nonfinite_loss)  # fmt: skip
-        if loss is not None:
-            self.log("train/loss", loss, prog_bar=True, batch_size=batch["step_labels"].shape[0])
+        loss = self.loss(self(batch), batch, first_error_only=curriculum)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["step_labels"].shape[0])
         return loss
 
     def _eval_step(self, batch: dict[str, Any], prefix: str, metrics: Any) -> None:

@@ -130,6 +130,27 @@ def step_logits(model: Any, head: nn.Module, batch: dict[str, Tensor]) -> Tensor
     return head(gather_steps(hidden, batch["label_positions"], batch.get("label_rows")), model)
 
 
+class StepScorer(nn.Module):
+    """:func:`step_logits` as one module, the root a sharding strategy wraps.
+
+    FSDP2 gathers a group's weights in hooks around a module's ``__call__``. Calling the decoder
+    body (``decoder_body(model)``) or reading the LM head's label rows directly would bypass the
+    root's hooks and see shards; inside this module's forward the embeddings, final norm, LM head
+    and classifier (the root group) are whole. Without sharding it is just the same function.
+    """
+
+    #: the batch entries the forward reads (only these go through the sharding hooks)
+    INPUTS = ("input_ids", "attention_mask", "label_positions", "label_rows", "position_ids", "segment_ids")
+
+    def __init__(self, model: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return step_logits(self.model, self.head, batch)
+
+
 def step_scores(logits: Tensor) -> Tensor:
     """P(correct) per step: softmax over the (incorrect, correct) logits. ``[B, S, 2]`` -> ``[B, S]``."""
     return logits.float().softmax(-1)[..., 1]
@@ -152,5 +173,6 @@ def adapter_snippet(auto_class: str, config: bool = False, extra_imports: tuple[
 
 from spare_train.prm.heads import classifier, lm_tokens  # noqa: E402,F401  (register the heads)
 
-__all__ = ["HEADS", "PRMHead", "adapter_snippet", "body_hidden", "gather_steps", "get_head", "packed_attention_mask",
+__all__ = ["HEADS", "PRMHead", "StepScorer", "adapter_snippet", "body_hidden", "gather_steps", "get_head",
+           "packed_attention_mask",
            "step_logits", "step_scores"]  # fmt: skip
