@@ -10,7 +10,9 @@
 * **Lightning's adverts and notices** (the litlogger / litmodels "💡 Tip" lines, "tensorboardX has
   been removed": runs without a ``logger`` in their recipe log CSV files under
   ``trainer.default_root_dir``, which is what that notice says; "modules in eval mode": the frozen
-  reference copy of ``reference: copy`` is in eval mode on purpose) and deprecation warnings raised
+  reference copy of ``reference: copy`` is in eval mode on purpose; "dataloader is not resumable":
+  our DataModules restore the sampler position of a mid-epoch checkpoint themselves) and
+  deprecation warnings raised
   *inside* Lightning / peft about torch / transformers APIs (nothing a user's code calls) are
   silenced by :func:`silence_third_party`, which the entry points call (``spare-train``, the
   demos); importing spare_train as a library changes no warning filter.
@@ -36,6 +38,9 @@ SILENCED_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own use of a torch API
     r"`is_gradient_checkpointing` is deprecated",  # peft's own use of a transformers API
     r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen reference copy, on purpose
+    # our DataModules keep the sampler's position in the checkpoint and resume mid-epoch exactly
+    # (AnnotationDataModule.state_dict); Lightning only sees a loader without state_dict
+    r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable",
 )
 #: Lightning's INFO-level adverts (logged through these loggers)
 _TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
