@@ -245,6 +245,7 @@ def test_every_reader_documents_typed_options():
         "prm800k",
         "processbench",
         "gsm8k_solutions",
+        "critique",
     }
     assert reader_options("spare")["missed_grading_as_outcome"] is False
     assert reader_options("prm800k") == {"neutral_as": 1.0}

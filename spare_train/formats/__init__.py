@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spare_train.formats import gsm8k_solutions, math_shepherd, prm800k, processbench, spare, stepwise
+from spare_train.formats import critique, gsm8k_solutions, math_shepherd, prm800k, processbench, spare, stepwise
 from spare_train.formats.answers import extract_answer
 from spare_train.formats.base import ReadContext, validate_record, write_records_jsonl
 from spare_train.formats.io import expand_paths, iter_rows
@@ -39,6 +39,7 @@ READERS: dict[str, Callable[..., list]] = {
     "prm800k": prm800k.read,
     "processbench": processbench.read,
     "gsm8k_solutions": gsm8k_solutions.read,
+    "critique": critique.read,
 }
 
 
