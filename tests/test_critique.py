@@ -37,16 +37,19 @@ def rec(labels, explanations=None, steps=None, rid="q#0", group="q", **kw) -> St
 
 
 # ------------------------------------------------------------------------------ template
-def test_render_then_parse_is_lossless_on_synthetic_records(synth_records):
+@pytest.mark.parametrize("template", [TEMPLATE, CritiqueTemplate(quote_steps=True)], ids=["plain", "quote_steps"])
+def test_render_then_parse_is_lossless_on_synthetic_records(synth_records, template):
     assert len(synth_records) > 900
     seen_error = seen_correct = 0
     for r in synth_records:
-        _, critique, _ = critique_of(r)
-        text = TEMPLATE.render(critique)
-        parsed = TEMPLATE.parse(text, r.num_steps)
+        _, critique, _ = critique_of(r, template=template)
+        text = template.render(critique)
+        parsed = template.parse(text, r.num_steps)
         assert parsed.ok, (parsed.error, text)
         assert parsed.critique == critique
-        assert TEMPLATE.render(parsed.critique) == text
+        assert template.render(parsed.critique) == text
+        if template.quote_steps:
+            assert all(line.startswith(f"Step {k}: {s}") for k, (line, s) in enumerate(zip(text.split("\n"), r.steps), 1))
         assert [text[o:].startswith(("correct.", "incorrect.")) for o in parsed.verdict_offsets] == [True] * r.num_steps
         seen_error += critique.first_error >= 0
         seen_correct += critique.first_error < 0
