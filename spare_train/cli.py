@@ -27,9 +27,10 @@ commands:
   validate  run the validation loop of a recipe
   test      run the test loop of a recipe
   data      convert | prepare | synth: read, validate and tokenise annotation files
-  evaluate  step / first-error / best-of-N metrics of an exported PRM
+  evaluate  step / first-error / best-of-N metrics of an exported PRM or critic
   export    write a Hugging Face folder from a checkpoint
   score     score step-annotated records with an exported PRM
+  critique  critique step-annotated records with an exported critic (per-step verdicts)
 
 `spare-train COMMAND --help` shows each command's options."""
 
@@ -96,6 +97,7 @@ def function_parser(fn: Callable, prog: str, positional: tuple[str, ...] = ()) -
 
 
 def _commands() -> dict[str, tuple[Callable, tuple[str, ...]]]:
+    from spare_train.critique.generate import critique
     from spare_train.data.commands import convert, prepare
     from spare_train.export import export
     from spare_train.prm.evaluate import evaluate
@@ -107,6 +109,7 @@ def _commands() -> dict[str, tuple[Callable, tuple[str, ...]]]:
         "evaluate": (evaluate, ()),
         "export": (export, ("ckpt", "out")),
         "score": (score, ()),
+        "critique": (critique, ()),
     }
 
 
@@ -184,7 +187,7 @@ def _dispatch(argv: list[str]) -> int:
                   "`spare-train data convert --help` shows each one's options.", file=sys.stderr)  # fmt: skip
             return 0 if sub in ("-h", "--help") else 2
         return run_command(f"data {sub}", argv[2:])
-    if command in ("evaluate", "export", "score"):
+    if command in ("evaluate", "export", "score", "critique"):
         return run_command(command, argv[1:])
     print(f"spare-train: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

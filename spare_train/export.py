@@ -1,7 +1,8 @@
 """``spare-train export CKPT OUT``: a Lightning checkpoint as a Hugging Face folder.
 
 A ``PRMModule`` checkpoint becomes a PRM folder (:mod:`spare_train.prm.export`), a
-``PolicyModule`` checkpoint a causal LM (:mod:`spare_train.policy.export`). The checkpoint says
+``PolicyModule`` checkpoint a causal LM (:mod:`spare_train.policy.export`); one trained on
+critique data a critic or refiner, with a model card giving its prompt (:mod:`spare_train.critique.export`). The checkpoint says
 which it is (``spare_train_module``, written by :class:`spare_train.models.TrainingStateCheckpoint`);
 it is loaded with ``weights_only=True`` and never names code to import.
 """
@@ -32,7 +33,8 @@ def export(
     merge: bool = False,
     dtype: Literal["float32", "bfloat16", "float16"] | None = None,
 ) -> int:
-    """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule.
+    """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule
+    (a policy, or a critic / refiner when it was trained on critique data).
 
     Args:
         ckpt: the Lightning checkpoint (``.ckpt``).
@@ -43,10 +45,17 @@ def export(
     """
     checkpoint = load_checkpoint(ckpt)
     if checkpoint_kind(checkpoint) == "policy":
+        from spare_train.critique.export import critique_state, export_critic
         from spare_train.policy.export import export_policy, policy_from_checkpoint
 
         policy = policy_from_checkpoint(checkpoint, dtype)
-        export_policy(policy, out, merge=merge or policy.backbone_cfg.lora is None)
+        merge = merge or policy.backbone_cfg.lora is None
+        state = critique_state(checkpoint)
+        if state is not None:  # trained on critique data: a critic or refiner with its model card
+            export_critic(policy, out, state, merge=merge)
+            print(f"exported {'critic' if state['mode'] == 'critique' else 'refiner'} to {out}")
+            return 0
+        export_policy(policy, out, merge=merge)
         print(f"exported policy to {out}")
         return 0
     from spare_train.prm.export import export_module, module_from_checkpoint
