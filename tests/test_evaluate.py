@@ -122,3 +122,15 @@ def test_references_are_left_out_of_ranking_by_default():
     assert m["bon/min"] == 0.5 and m["bon/oracle"] == 0.5  # as without the reference
     with_ref = evaluate_scores([*RECORDS, ref], [*SCORES, [0.99]], tau=0.5, include_references=True)
     assert with_ref["bon/min"] == 1.0 and with_ref["bon/oracle"] == 1.0  # the gold answer wins q2
+
+
+def test_format_table_puts_models_side_by_side():
+    prm = evaluate_scores(RECORDS, SCORES, tau=0.5)
+    critic = {**evaluate_scores(RECORDS, [[1 - x for x in s] for s in SCORES], tau=0.5), "critique/parse_rate": 0.75}
+    text = _render(format_table({"PRM": prm, "critic": critic}))
+    header = next(line for line in text.splitlines() if "metric" in line)
+    assert "PRM" in header and "critic" in header
+    row = next(line for line in text.splitlines() if "critiques that parse" in line)
+    assert "75.0" in row
+    auroc = next(line for line in text.splitlines() if "step AUROC" in line)
+    assert f"{100 * prm['step/auroc']:.1f}" in auroc and f"{100 * critic['step/auroc']:.1f}" in auroc

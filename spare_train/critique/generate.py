@@ -118,7 +118,7 @@ class Critic:
     ) -> list[CritiqueResult]:
         """Critiques of ``records`` in input order (batched by prompt length, left-padded).
 
-        ``max_new_tokens``: default 64 per step of the longest solution in the batch, plus 64.
+        ``max_new_tokens``: default 128 per step of the longest solution in the batch, plus 64.
         """
         prompts = self.prompt_ids(records)
         order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
@@ -130,7 +130,7 @@ class Critic:
             starts = tqdm(starts, desc="critiquing", unit="batch", mininterval=10.0)
         for start in starts:
             idx = order[start : start + batch_size]
-            budget = max_new_tokens or 64 * max(records[i].num_steps for i in idx) + 64
+            budget = max_new_tokens or 128 * max(records[i].num_steps for i in idx) + 64
             texts = self._generate([prompts[i] for i in idx], budget, sample, temperature, top_p)
             for i, (text, gen_ids, logits) in zip(idx, texts, strict=True):
                 out[i] = self._read(records[i], text, gen_ids, logits)
@@ -250,7 +250,7 @@ def critique(
         sample: sample (``temperature``, ``top_p``) instead of greedy decoding.
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
-        max_new_tokens: generation budget per critique (default: 64 per step + 64).
+        max_new_tokens: generation budget per critique (default: 128 per step + 64).
         seed: torch seed for sampling.
         device: e.g. ``cuda`` (default: cpu).
         strict: stop at the first malformed input record instead of skipping it.

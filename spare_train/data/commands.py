@@ -38,7 +38,7 @@ def convert(
     ``outcome`` and the optional fields.
 
     Args:
-        format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions).
+        format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions, critique).
         input: a file, a folder of shards, a glob or ``hf:NAME[:split]``.
         output: the JSONL file to write.
         reader_options: the reader's options, e.g. ``'{"add_reference": true}'``.
