@@ -37,10 +37,11 @@ commands:
   validate  run the validation loop of a recipe
   test      run the test loop of a recipe
   data      convert | prepare | synth: read, validate and tokenise annotation files
-  evaluate  step / first-error / best-of-N metrics of an exported PRM
+  evaluate  step / first-error / best-of-N metrics of an exported PRM or critic
   export    write a Hugging Face folder from a checkpoint
   score     score step-annotated records with an exported PRM
   slurm     submit: a recipe (or wandb sweep agents) as a checked SLURM job (docs/cluster.md)
+  critique  critique step-annotated records with an exported critic (per-step verdicts)
 
 `spare-train COMMAND --help` shows each command's options."""
 
@@ -218,6 +219,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "evaluate": ("spare_train.prm.evaluate:evaluate", ()),
     "export": ("spare_train.export:export", ("ckpt", "out")),
     "score": ("spare_train.prm.scoring:score", ()),
+    "critique": ("spare_train.critique.generate:critique", ()),
 }
 
 
@@ -322,7 +324,7 @@ def _dispatch(argv: list[str]) -> int:
                   "`spare-train data convert --help` shows each one's options.", file=sys.stderr)  # fmt: skip
             return 0 if sub in ("-h", "--help") else 2
         return run_command(f"data {sub}", argv[2:])
-    if command in ("evaluate", "export", "score"):
+    if command in ("evaluate", "export", "score", "critique"):
         return run_command(command, argv[1:])
     if command == "slurm":
         return _slurm(argv[1:])

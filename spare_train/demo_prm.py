@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,19 +34,15 @@ def position_baseline_auroc(records: list) -> float:
     return step_metrics(torch.tensor(scores), torch.tensor(labels))["auroc"]
 
 
-def prm_demo(out: Path, recipe: str = RECIPE, extra_args: list[str] | None = None) -> int:
-    from rich.console import Console
-
+def fit_and_export(recipe: str, run_dir: Path, export_dir: Path, extra_args: list[str] | None, console: Any) -> Any:
+    """``spare-train fit --config recipe`` then ``spare-train export --merge``; the LightningCLI,
+    or None when training stopped before the recipe's ``max_steps`` (its figures would not be the
+    recipe's)."""
     from spare_train.assets import resolve_bundled
     from spare_train.cli import lightning_cli
     from spare_train.export import export
-    from spare_train.formats import read_records
-    from spare_train.prm.evaluate import evaluate_scores, format_table
-    from spare_train.prm.scoring import load_prm
 
-    console = Console()
-    run_dir = out / "prm-run"
-    console.rule(f"training the tiny PRM: spare-train fit --config {recipe}")
+    console.rule(f"training: spare-train fit --config {recipe}")
     t0 = time.time()
     cli = lightning_cli(["fit", "--config", resolve_bundled(recipe), "--trainer.default_root_dir", str(run_dir),
                          *(extra_args or [])])  # fmt: skip
@@ -55,13 +52,26 @@ def prm_demo(out: Path, recipe: str = RECIPE, extra_args: list[str] | None = Non
     if planned > 0 and steps < planned:
         console.print(f"[bold red]training stopped after {steps} of {planned} optimizer steps "
                       "(the figures below would not be the recipe's); not evaluating[/]")  # fmt: skip
-        return 1
+        return None
     ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
     console.print(f"trained {steps} optimizer steps in {train_s / 60:.1f} min; checkpoint {ckpt}")
-
-    console.rule("export (merged Hugging Face folder) and scoring")
-    export_dir = out / "prm"
     export(ckpt, str(export_dir), merge=True, overwrite=True)
+    return cli
+
+
+def prm_demo(out: Path, recipe: str = RECIPE, extra_args: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    from spare_train.formats import read_records
+    from spare_train.prm.evaluate import evaluate_scores, format_table
+    from spare_train.prm.scoring import load_prm
+
+    console = Console()
+    export_dir = out / "prm"
+    cli = fit_and_export(recipe, out / "prm-run", export_dir, extra_args, console)
+    if cli is None:
+        return 1
+    steps = cli.trainer.global_step
     prm = load_prm(export_dir)
 
     val_records = cli.datamodule.records["val"]

@@ -1,7 +1,8 @@
 """``spare-train export CKPT OUT``: a Lightning checkpoint as a Hugging Face folder.
 
 A ``PRMModule`` checkpoint becomes a PRM folder (:mod:`spare_train.prm.export`), a
-``PolicyModule`` checkpoint a causal LM (:mod:`spare_train.policy.export`). The checkpoint says
+``PolicyModule`` checkpoint a causal LM (:mod:`spare_train.policy.export`); one trained on
+critique data a critic or refiner, with a model card giving its prompt (:mod:`spare_train.critique.export`). The checkpoint says
 which it is (``spare_train_module``, written by :class:`spare_train.models.TrainingStateCheckpoint`);
 it is loaded with ``weights_only=True`` and never names code to import: its hyper-parameters
 cannot turn on ``trust_remote_code`` or add loader options (``--trust_remote_code`` is the user's
@@ -97,7 +98,8 @@ def export(
     wandb_project: str | None = None,
     overwrite: bool = False,
 ) -> int:
-    """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule.
+    """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule
+    (a policy, or a critic / refiner when it was trained on critique data).
 
     Args:
         ckpt: the Lightning checkpoint of a training run: a ``.ckpt`` file, or the folder of shards
@@ -115,11 +117,18 @@ def export(
     kind = checkpoint_kind(checkpoint)
     check_target(out, overwrite)
     if kind == "policy":
+        from spare_train.critique.export import critique_state, export_critic
         from spare_train.policy.export import export_policy, policy_from_checkpoint
 
         policy = policy_from_checkpoint(checkpoint, dtype, trust_remote_code)
-        export_policy(policy, out, merge=merge or policy.backbone_cfg.lora is None)
-        print(f"exported policy to {out}")
+        merge = merge or policy.backbone_cfg.lora is None
+        state = critique_state(checkpoint)
+        if state is not None:  # trained on critique data: a critic or refiner with its model card
+            kind = "critic" if state["mode"] == "critique" else "refiner"
+            export_critic(policy, out, state, merge=merge)
+        else:
+            export_policy(policy, out, merge=merge)
+        print(f"exported {kind} to {out}")
     else:
         from spare_train.prm.export import export_module, module_from_checkpoint
 

@@ -5,6 +5,7 @@ data layer counts that as a rejection). Policies are named so recipes can list t
 
     label_policy: [first_error, hard]          # Qwen2.5-Math-PRM-style training labels
     label_policy: [{name: consensus, field: mc_labels}]
+    label_policy: [{name: critic, path: critiques.jsonl, mode: filter}]   # critique-in-the-loop
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from spare_train.records import IGNORE, StepRecord
+from spare_train.records import first_error as first_error_of
 from spare_train.report import DataError, Report
 
 if TYPE_CHECKING:
@@ -68,7 +70,9 @@ def soft() -> Policy:
     return lambda r: r
 
 
-def _cut(r: StepRecord, n: int) -> StepRecord:
+def cut_steps(r: StepRecord, n: int) -> StepRecord:
+    """The record's first ``n`` steps, with their labels and per-step annotations."""
+
     def head(xs: list | None) -> list | None:
         return None if xs is None else xs[:n]
 
@@ -88,7 +92,7 @@ def first_error(threshold: float = 0.5) -> Policy:
 
     def apply(r: StepRecord) -> StepRecord:
         k = r.first_error(threshold)
-        return r if k < 0 else _cut(r, k + 1)
+        return r if k < 0 else cut_steps(r, k + 1)
 
     return apply
 
@@ -124,12 +128,58 @@ def consensus(field: str = "mc_labels", threshold: float = 0.5) -> Policy:
     return apply
 
 
+def critic(path: str, mode: Literal["filter", "relabel", "agree"] = "filter") -> Policy:
+    """Critique-in-the-loop filtering (AutoMathCritique, arXiv 2411.16579): a critic's verdicts,
+    read by record id from a ``spare-train critique`` output file, filter or relabel candidates
+    before RFT or preference training.
+
+    ``filter`` keeps a candidate only when the critic judges every step correct (else
+    ``critic_rejected``); ``relabel`` makes the critic's verdicts the step labels (1.0 / 0.0, None
+    where its critique did not parse that far); ``agree`` keeps a candidate only when the critic's
+    first error is the annotation's (else ``critic_disagree``). A candidate missing from the file
+    is dropped (``critic_missing``), so is one whose critique is malformed under ``filter`` and
+    ``agree`` (``critic_malformed``) or whose step count differs (``critic_step_mismatch``).
+    References (``is_reference``) pass unchanged: they are not candidates.
+    """
+    import json
+
+    if mode not in ("filter", "relabel", "agree"):
+        raise ValueError(f"critic mode must be filter, relabel or agree, not {mode!r}")
+    with open(path, encoding="utf-8") as f:
+        rows = {row["id"]: row for row in (json.loads(line) for line in f if line.strip())}
+    values = {"correct": 1.0, "incorrect": 0.0, None: None}
+
+    def apply(r: StepRecord) -> StepRecord:
+        if r.is_reference:
+            return r
+        row = rows.get(r.id)
+        if row is None:
+            raise DataError("critic_missing", f"no critique for this id in {path}", _where(r), r.id)
+        verdicts = [values[v] for v in row["verdicts"]]
+        if len(verdicts) != len(r.steps):
+            raise DataError("critic_step_mismatch", f"{len(verdicts)} verdicts for {len(r.steps)} steps", _where(r), r.id)
+        if mode == "relabel":
+            return replace(r, labels=verdicts)
+        if row.get("malformed"):
+            raise DataError("critic_malformed", f"the critique is malformed: {row['malformed']}", _where(r), r.id)
+        if mode == "filter" and any(v != 1.0 for v in verdicts):
+            raise DataError("critic_rejected", "the critic judges a step incorrect", _where(r), r.id)
+        if mode == "agree":
+            mine, theirs = r.first_error(), first_error_of(verdicts)
+            if mine != theirs:
+                raise DataError("critic_disagree", f"first error at step {mine} vs the critic's {theirs}", _where(r), r.id)
+        return r
+
+    return apply
+
+
 POLICIES: dict[str, Callable[..., Policy]] = {
     "hard": hard,
     "soft": soft,
     "first_error": first_error,
     "outcome_only": outcome_only,
     "consensus": consensus,
+    "critic": critic,
 }
 
 PolicySpec = str | dict[str, Any]

@@ -154,3 +154,13 @@ def test_gsm8k_oracle_counts_model_solutions_only(tmp_path):
         assert metrics["bon/num_questions"] == len(rows)
         oracle[bool(flag)] = metrics["bon/oracle"]
     assert oracle[False] == pytest.approx(solved) and oracle[True] == 1.0
+def test_format_table_puts_models_side_by_side():
+    prm = evaluate_scores(RECORDS, SCORES, tau=0.5)
+    critic = {**evaluate_scores(RECORDS, [[1 - x for x in s] for s in SCORES], tau=0.5), "critique/parse_rate": 0.75}
+    text = _render(format_table({"PRM": prm, "critic": critic}))
+    header = next(line for line in text.splitlines() if "metric" in line)
+    assert "PRM" in header and "critic" in header
+    row = next(line for line in text.splitlines() if "critiques that parse" in line)
+    assert "75.0" in row
+    auroc = next(line for line in text.splitlines() if "step AUROC" in line)
+    assert f"{100 * prm['step/auroc']:.1f}" in auroc and f"{100 * critic['step/auroc']:.1f}" in auroc

@@ -246,6 +246,7 @@ def test_every_reader_documents_typed_options():
         "processbench",
         "gsm8k_solutions",
         "records",
+        "critique",
     }
     assert reader_options("spare")["missed_grading_as_outcome"] is False
     assert reader_options("prm800k") == {"neutral_as": 1.0}

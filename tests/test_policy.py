@@ -428,3 +428,14 @@ def test_policy_resume_is_exact_with_lora_dropout(data_file, tmp_path):
     for n, p in resumed.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, want[n]), n
+def test_token_logps_with_a_loss_mask_skip_prompt_logits_and_match_the_full_forward(data_file):
+    """``logits_to_keep`` from the first loss position: the same log-probs wherever a loss reads them."""
+    dm = datamodule(data_file, "pairs")
+    batch = next(iter(dm.val_dataloader()))
+    module = PolicyModule.from_model(tiny_model("llama"), objective="dpo")
+    mask = batch["loss_mask"]
+    full = logps(module, batch)
+    cut = module.token_logps(batch["input_ids"], batch["attention_mask"], loss_mask=mask)
+    assert cut.shape == full.shape and int(mask.any(0).nonzero()[0]) > 1
+    assert torch.allclose(cut[mask], full[mask], atol=1e-5)
+    assert (cut[:, : int(mask.any(0).nonzero()[0]) - 1] == 0).all()

@@ -107,7 +107,7 @@ class AnnotationDataModule(L.LightningDataModule):
             out by ``group_id``.
         test: test files (optional).
         format: reader name (``spare``, ``stepwise``, ``math_shepherd``, ``prm800k``,
-            ``processbench``, ``gsm8k_solutions``; see ``spare-train data convert --help``).
+            ``processbench``, ``gsm8k_solutions``, ``critique``; see ``spare-train data convert --help``).
         reader_options: keyword options of the reader (e.g. ``{add_reference: true}``).
         label_policy: label policies applied after reading, in order (``first_error``, ``hard``,
             ``soft``, ``outcome_only``, ``{name: consensus, field: mc_labels}``).

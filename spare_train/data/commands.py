@@ -41,7 +41,7 @@ def convert(
 
     Args:
         format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions,
-            records).
+            records, critique).
         input: a file, a folder of shards, a glob or ``hf:NAME[:split]``.
         output: the JSONL file to write (read it back with ``--format records``).
         reader_options: the reader's options, e.g. ``'{"add_reference": true}'``.

@@ -192,6 +192,19 @@ def features() -> Any:
     )
 
 
+def turns_digest(groups: Sequence[Sequence[Turn]]) -> str:
+    """A hash of every turn's text, spans and labels: the part of a cached dataset's identity that
+    the records alone do not fix (a subclass's :meth:`PolicyDataModule.turn` may add text)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for g in groups:
+        for t in g:
+            h.update(json.dumps([t.prompt.__dict__, t.response, t.spans, t.labels]).encode())
+    return h.hexdigest()[:24]
+
+
 def mismatched_partners(group_ids: Sequence[str], seed: int = 0) -> list[int]:
     """For each example, the index of an example of a *different* question (-1 when there is none).
 
@@ -308,18 +321,24 @@ class PolicyDataModule(AnnotationDataModule):
         """What the policy learns from one record (subclasses, e.g. critique data, override it)."""
         return record_turn(record)
 
+    def groups(self, records: list[StepRecord]) -> tuple[list[list[StepRecord]], dict[str, Any]]:
+        """The record groups examples are made of, and their extras: the configured view
+        (subclasses, e.g. critique data, build their own)."""
+        return build_view(records, self.hparams.view, self.pairing, self.filtering)
+
     def build_dataset(self, split: str, records: list[StepRecord]) -> Any:
         hp = self.hparams
-        groups, extra = build_view(records, hp.view, self.pairing, self.filtering)
+        groups, extra = self.groups(records)
+        turns = [[self.turn(r) for r in g] for g in groups]
         tok = self.tokenizer
         options = {"view": hp.view, "pairing": self.pairing.__dict__, "filtering": self.filtering.__dict__,
                    "template": hp.template, "max_length": hp.max_length, "max_prompt_length": hp.max_prompt_length,
-                   "turn": type(self).turn.__qualname__}  # fmt: skip
+                   "turns": turns_digest(turns)}  # fmt: skip
         name = f"policy-{records_fingerprint(records, options, tokenizer_fingerprint(tok))}"
 
         def build(report: Any) -> list[dict[str, Any]]:
             examples, dropped = make_examples(
-                [[self.turn(r) for r in g] for g in groups], tok,
+                turns, tok,
                 ids=[[r.id for r in g] for g in groups], group_ids=[g[0].group_id for g in groups],
                 template=hp.template, max_length=hp.max_length, max_prompt_length=hp.max_prompt_length,
                 shared_steps=extra.get("shared_steps"), desirable=extra.get("desirable"),

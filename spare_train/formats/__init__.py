@@ -24,7 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spare_train.formats import gsm8k_solutions, math_shepherd, prm800k, processbench, records, spare, stepwise
+from spare_train.formats import (
+    critique,
+    gsm8k_solutions,
+    math_shepherd,
+    prm800k,
+    processbench,
+    records,
+    spare,
+    stepwise,
+)
 from spare_train.formats.answers import extract_answer
 from spare_train.formats.base import ReadContext, validate_record, write_records_jsonl
 from spare_train.formats.io import expand_paths, iter_rows
@@ -43,6 +52,7 @@ READERS: dict[str, Callable[..., list]] = {
     "processbench": processbench.read,
     "gsm8k_solutions": gsm8k_solutions.read,
     "records": records.read,
+    "critique": critique.read,
 }
 
 

@@ -166,22 +166,42 @@ class PolicyModule(L.LightningModule):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ log-probs
-    def token_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """``[R, L]`` log-probs of each token under ``model`` (default: the policy)."""
+    def token_logps(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        model: torch.nn.Module | None = None,
+        loss_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[R, L]`` log-probs of each token under ``model`` (default: the policy).
+
+        With ``loss_mask`` only positions from the first masked one on get logits
+        (``logits_to_keep``) and earlier positions are 0: no objective reads them, and the
+        ``[R, L, V]`` output layer is the largest single cost of a forward pass.
+        """
         model = model or self.policy
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return F_.token_logprobs(out.logits, input_ids, self.hparams.logprob_chunk_rows)
+        L_ = input_ids.shape[1]
+        keep = 0
+        if loss_mask is not None and bool(loss_mask.any()):
+            first = int(loss_mask.any(0).nonzero()[0])
+            keep = L_ - max(first - 1, 0)
+        if not 0 < keep < L_:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return F_.token_logprobs(out.logits, input_ids, self.hparams.logprob_chunk_rows)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+        logps = F_.token_logprobs(out.logits, input_ids[:, L_ - keep :], self.hparams.logprob_chunk_rows)
+        return torch.nn.functional.pad(logps, (L_ - keep, 0), value=0.0)
 
     @torch.no_grad()
     def reference_forward(self, batch: dict[str, Any], prefix: str = "") -> torch.Tensor:
         """``[R, L]`` token log-probs of ``batch`` (its ``prefix``-named rows) under the reference."""
-        ids, mask = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
+        ids, mask, lm = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch.get(f"{prefix}loss_mask")
         if self.reference_mode == "copy":
-            return self.token_logps(ids, mask, self.reference_model)
+            return self.token_logps(ids, mask, self.reference_model, lm)
         if self.reference_mode == "adapter":
             with self.policy.disable_adapter():
-                return self.token_logps(ids, mask)
-        return self.token_logps(ids, mask)  # precomputed when first needed: the policy as it is then
+                return self.token_logps(ids, mask, loss_mask=lm)
+        return self.token_logps(ids, mask, loss_mask=lm)  # precomputed when first needed: the policy as it is then
 
     def reference_logps(self, batch: dict[str, Any]) -> torch.Tensor:
         """``[R, L]`` reference token log-probs: the pre-pass's when present, else a forward."""
@@ -195,7 +215,7 @@ class PolicyModule(L.LightningModule):
         """KTO's ``z0`` from the batch's mismatched rows, summed over every rank."""
         with torch.no_grad():
             mask = batch["kl_loss_mask"]
-            pol = F_.sequence_logps(self.token_logps(batch["kl_input_ids"], batch["kl_attention_mask"]), mask)
+            pol = F_.sequence_logps(self.token_logps(batch["kl_input_ids"], batch["kl_attention_mask"], loss_mask=mask), mask)
             ref_tokens = batch.get("kl_ref_logps")
             if ref_tokens is None:
                 if self.reference_mode == "precomputed":
@@ -213,7 +233,7 @@ class PolicyModule(L.LightningModule):
         obj = self.objective
         if obj.paired and batch["num_completions"] != 2:
             raise ValueError(f"objective {obj.name!r} needs pairs (data view 'pairs' or 'step_pairs')")
-        logps = self.token_logps(batch["input_ids"], batch["attention_mask"])
+        logps = self.token_logps(batch["input_ids"], batch["attention_mask"], loss_mask=batch["loss_mask"])
         ref = self.reference_logps(batch) if obj.needs_reference else None
         z0 = self.kl_reference_point(batch) if obj.needs_kl else None
         return obj(Inputs(logps, ref, batch, z0))

@@ -1,6 +1,11 @@
-"""``spare-train evaluate``: score annotated records with an exported PRM and report its metrics.
+"""``spare-train evaluate``: score annotated records with an exported PRM or critic and report its metrics.
 
     spare-train evaluate --model runs/prm/export --data data/test.jsonl --tau 0.42 --output m.json
+    spare-train evaluate --model runs/prm/export --critic runs/critic/export --data data/test.jsonl
+
+A critic (an export with ``spare_critic.json``, recognised by its files) scores each step with
+P("correct") read at its verdict token (:mod:`spare_train.critique.generate`), so the same metrics
+apply; ``--critic`` puts one in a second column next to ``--model``, in one table.
 
 The maths lives in :mod:`spare_train.prm.metrics`; this module reads, scores, and presents.
 Reference solutions (records with ``is_reference``, e.g. GSM8K's gold answer) are left out by
@@ -21,6 +26,7 @@ from rich.table import Table
 
 from spare_train.prm.metrics import DEFAULT_TAU_GRID, prm_report
 from spare_train.records import StepRecord
+from spare_train.report import DataError
 
 #: Row titles of the table, by metric key; keys not listed are shown under their own name.
 TITLES: dict[str, str] = {
@@ -42,6 +48,8 @@ TITLES: dict[str, str] = {
     "vote/majority": "majority vote",
     "baseline/position_step_auroc": "step AUROC of score = −step index (no model)",
     "train/num_optimizer_steps": "optimizer steps trained",
+    "critique/parse_rate": "critiques that parse",
+    "critique/num_malformed": "malformed critiques",
 }
 
 
@@ -102,33 +110,60 @@ def _value(key: str, value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def format_table(metrics: dict[str, float]) -> Table:
-    """A rich table of ``metrics`` (rates in %, counts as integers, "–" for undefined)."""
-    tau_chosen = metrics.get("first_error/tau_chosen", 0.0) == 1.0
+def format_table(metrics: dict[str, float] | dict[str, dict[str, float]]) -> Table:
+    """A rich table of ``metrics`` (rates in %, counts as integers, "–" for undefined), or of
+    several models' metrics side by side (``{column name: metrics}``)."""
+    columns = metrics if all(isinstance(v, dict) for v in metrics.values()) else {"value": metrics}
+    tau_chosen = any(m.get("first_error/tau_chosen", 0.0) == 1.0 for m in columns.values())
     caption = (
         "tau chosen on this data to maximise first-error F1 (optimistic; pass --tau chosen on validation data)"
         if tau_chosen
         else None
     )
-    table = Table(title="PRM evaluation (rates in %)", caption=caption)
+    table = Table(title="Evaluation (rates in %)", caption=caption)
     table.add_column("section")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = list(dict.fromkeys(k for m in columns.values() for k in m))
     last = None
-    for key, value in metrics.items():
+    for key in keys:
         if key == "first_error/tau_chosen":
             continue
         section = key.split("/", 1)[0]
         if last is not None and section != last:
             table.add_section()
         title = _title(key) + (" (chosen on data)" if key == "first_error/tau" and tau_chosen else "")
-        table.add_row(section if section != last else "", title, _value(key, value))
+        values = [_value(key, m[key]) if key in m else "" for m in columns.values()]
+        table.add_row(section if section != last else "", title, *values)
         last = section
     return table
 
 
 def _jsonable(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def step_scores_of(
+    path: str, records: list[StepRecord], batch_size: int = 8, trust_remote_code: bool = False
+) -> tuple[str, list, dict[str, float]]:
+    """``(kind, step scores, extra metrics)`` of ``records`` under an export: a PRM's P(correct)
+    per step, or a critic's P("correct") at each verdict (None where its critique did not parse;
+    extra: parse rate and malformed count). Raises when a score is NaN or infinite
+    (:func:`~spare_train.prm.scoring.check_scores`): a broken model prints no metric."""
+    from spare_train.critique.generate import is_critic, load_critic, summarize
+    from spare_train.prm.scoring import check_scores, load_prm
+
+    if is_critic(path):
+        results = load_critic(path).critique(records, batch_size=batch_size, progress=True)
+        s = summarize(results)
+        extra = {"critique/parse_rate": s["parse_rate"], "critique/num_malformed": float(s["critiques"] - s["parsed"])}
+        scores = [r.p_correct for r in results]
+        check_scores(scores, path)
+        return "critic", scores, extra
+    scores = load_prm(path, trust_remote_code=trust_remote_code).score(records, batch_size=batch_size, progress=True)
+    check_scores(scores, path)
+    return "PRM", scores, {}
 
 
 def evaluate(
@@ -143,39 +178,54 @@ def evaluate(
     include_references: bool = False,
     strict: bool = False,
     trust_remote_code: bool = False,
+    critic: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an exported PRM on step-annotated records: step, first-error and best-of-N metrics.
+    """Evaluate an exported PRM or critic on step-annotated records: step, first-error and
+    best-of-N metrics (a critic's step score is P("correct") at its verdict token).
 
     Args:
-        model: folder written by ``spare-train export``.
+        model: folder written by ``spare-train export`` (a PRM or a critic, recognised by its files).
         data: annotation file, folder of shards, or glob.
-        format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions).
+        format: reader name (spare, critique, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions).
         reader_options: keyword options of the reader, e.g. ``'{"outcome_field": "em"}'``.
         tau: first-error threshold (a step scored below it is the predicted first error). Leave
             unset to choose it on this data (reported as such; optimistic).
         output: write the metrics (and the read report) to this JSON file.
-        batch_size: solutions per forward pass when scoring.
+        batch_size: solutions per forward pass (or per generate call, for a critic) when scoring.
         threshold: step-classification threshold for step accuracy / F1.
         include_references: count reference solutions as candidates (off: they are gold answers,
             not candidates, and would make the oracle 100 %).
         strict: stop at the first malformed record instead of skipping it.
         trust_remote_code: run code shipped with the model folder (off: a folder is data).
+        critic: a critic folder evaluated on the same records and shown next to ``model``.
     """
+    from spare_train.critique.generate import is_critic
     from spare_train.files import atomic_write_text
     from spare_train.formats import read_records
-    from spare_train.prm.scoring import check_prm_folder, check_scores, load_prm
+    from spare_train.prm.scoring import check_prm_folder
 
     console = Console()
-    check_prm_folder(model)  # a wrong folder fails before the data is read
+    for path in [model] + ([critic] if critic else []):  # a wrong folder fails before the data is read
+        if not is_critic(path):
+            check_prm_folder(path)
+    if critic and not is_critic(critic):
+        raise DataError("not_a_critic", "--critic takes a critic export (no spare_critic.json in it)", critic)
     records, report = read_records(format, data, strict=strict, **(reader_options or {}))
     console.print(report.summary())
     report.check_kept(data)
-    scores = load_prm(model, trust_remote_code=trust_remote_code).score(records, batch_size=batch_size, progress=True)
-    check_scores(scores, model)  # a broken model fails here: no metric over NaN scores is printed
-    metrics = evaluate_scores(records, scores, tau=tau, threshold=threshold, include_references=include_references)
-    console.print(format_table(metrics))
-    result = {"model": model, "data": data, "format": format, "metrics": _jsonable(metrics),
+    columns: dict[str, dict[str, float]] = {}
+    for path in [model] + ([critic] if critic else []):
+        kind, scores, extra = step_scores_of(path, records, batch_size, trust_remote_code)
+        name = kind if kind not in columns else f"{kind} ({path})"
+        metrics = evaluate_scores(records, scores, tau=tau, threshold=threshold, include_references=include_references)
+        columns[name] = {**metrics, **extra}
+    console.print(format_table(columns))
+    first = next(iter(columns.values()))
+    result = {"model": model, "data": data, "format": format, "metrics": _jsonable(first),
               "read": report.to_dict(max_rejections=100)}  # fmt: skip
+    if critic:
+        result["critic"] = critic
+        result["columns"] = {k: _jsonable(v) for k, v in columns.items()}
     if output:
         atomic_write_text(output, json.dumps(result, indent=2, ensure_ascii=False))
         console.print(f"wrote {output}")

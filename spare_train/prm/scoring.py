@@ -202,7 +202,7 @@ def score(
         input: record file, folder of shards or glob.
         output: JSONL file to write.
         format: reader name (spare, stepwise, math_shepherd, prm800k, processbench, gsm8k_solutions,
-            records).
+            records, critique).
         reader_options: keyword options of the reader, e.g. ``'{"add_reference": true}'``.
         aggregate: solution score from step scores: min, prod, last or mean.
         batch_size: solutions per forward pass.
