@@ -98,8 +98,10 @@ def export(
     wandb_project: str | None = None,
     overwrite: bool = False,
 ) -> int:
-    """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule
-    (a policy, or a critic / refiner when it was trained on critique data).
+    """Write a Hugging Face folder from a Lightning checkpoint of a PRMModule or a PolicyModule.
+
+    A PolicyModule trained on critique data is exported as a critic or refiner, with a model card
+    that gives its prompt.
 
     Args:
         ckpt: the Lightning checkpoint of a training run: a ``.ckpt`` file, or the folder of shards

@@ -180,8 +180,10 @@ def evaluate(
     trust_remote_code: bool = False,
     critic: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an exported PRM or critic on step-annotated records: step, first-error and
-    best-of-N metrics (a critic's step score is P("correct") at its verdict token).
+    """Evaluate an exported PRM or critic on step-annotated records.
+
+    Step, first-error and best-of-N metrics; a critic's step score is P("correct") at its verdict
+    token, so a PRM and a critic compare in one table (``--critic``).
 
     Args:
         model: folder written by ``spare-train export`` (a PRM or a critic, recognised by its files).
