@@ -80,3 +80,15 @@ def test_pickled_weights_are_refused(exported, tmp_path):
     torch.save(state, tmp_path / "p" / "pytorch_model.bin")  # a pickle: never loaded
     with pytest.raises(OSError):
         load_prm(tmp_path / "p")
+
+
+def test_scoring_a_merged_export_does_not_import_peft(exported, tmp_path):
+    """peft (and bitsandbytes behind it) cost seconds at start-up; a merged PRM never needs them."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from spare_train.prm.scoring import load_prm; prm = load_prm({str(exported)!r}); "
+            "print(prm.score_text('What is 2 + 3?', ['2 + 3 = 5', 'The answer is 5.'])); "
+            "assert 'peft' not in sys.modules, 'peft was imported'")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
