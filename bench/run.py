@@ -78,23 +78,22 @@ class Bench:
             higher_is_better: bool = True, digits: int = 2) -> None:  # fmt: skip
         """A table row: ours and the reference (median, min-max) and their ratio per repetition."""
         r = ratios(ours, ref, higher_is_better)
-        med = spread(r)[0]
-        met = "-"
-        if goal.startswith(">="):
-            met = "yes" if med >= float(goal[2:]) else "no"
-        elif goal.startswith("<="):
-            met = "yes" if med <= float(goal[2:]) else "no"
         self.rows.append((bench, metric, fmt_spread(ours, digits), f"{ref_name}: {fmt_spread(ref, digits)}",
-                          fmt_spread(r), goal, met))  # fmt: skip
+                          fmt_spread(r), goal, met(r, goal)))  # fmt: skip
 
     def value_row(self, bench: str, metric: str, values: list[float], goal: str, digits: int = 3) -> None:
-        med = spread(values)[0]
-        met = "-"
-        if goal.startswith(">="):
-            met = "yes" if med >= float(goal[2:]) else "no"
-        elif goal.startswith("<="):
-            met = "yes" if med <= float(goal[2:]) else "no"
-        self.rows.append((bench, metric, fmt_spread(values, digits), "", "", goal, met))
+        """A table row of one measured value (median, min-max), no reference."""
+        self.rows.append((bench, metric, fmt_spread(values, digits), "", "", goal, met(values, goal)))
+
+
+def met(values: list[float], goal: str) -> str:
+    """``yes``/``no`` for a goal ``>=x`` / ``<=x`` on the median of ``values``; ``-`` without one."""
+    med = spread(values)[0]
+    if goal.startswith(">="):
+        return "yes" if med >= float(goal[2:]) else "no"
+    if goal.startswith("<="):
+        return "yes" if med <= float(goal[2:]) else "no"
+    return "-"
 
 
 def col(rows: list[dict[str, Any]], key: str) -> list[float]:
