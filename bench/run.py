@@ -246,6 +246,7 @@ def main() -> int:
     except FileNotFoundError as err:
         print(f"skipping the benchmarks: {err} (pass --gsm8k DIR, or --data synthetic)")
         return 0
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # for this process and every child
     size = SIZES[args.size]
     tok = tokenizer_path(size["tokenizer"])
     started, load0 = time.time(), os.getloadavg()
@@ -256,9 +257,12 @@ def main() -> int:
         vocab = b.vocab = _vocab(tok)
         model = write_model(tmp / "model", vocab, size["hidden"], size["layers"])
         dpo_model = write_model(tmp / "model-dpo", vocab, size["dpo_hidden"], size["layers"])
+        out = ROOT / args.out
+        out.mkdir(parents=True, exist_ok=True)
         for section in sections:
             fn = {"prep": prep, "train": train, "score": score, "dpo": dpo, "scaling": scaling, "optim": optim}[section]
             fn(b, tok, dpo_model if section == "dpo" else model)
+            (out / "partial.json").write_text(json.dumps(b.results, indent=1))  # what has run so far
     load1 = os.getloadavg()
     header = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "wall_s": round(time.time() - started),
               "load_before": load0, "load_after": load1, "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -266,8 +270,6 @@ def main() -> int:
               else "synthetic", "vocab": vocab, **machine()}  # fmt: skip
     table = render(header, b.rows)
     print(table)
-    out = ROOT / args.out
-    out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps({"header": header, "results": b.results}, indent=1))
     return 0
