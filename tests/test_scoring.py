@@ -115,3 +115,13 @@ def test_score_with_the_wrong_reader_shows_the_first_reasons(exported, tmp_path,
          "--output", str(tmp_path / "s.jsonl")])  # fmt: skip
     err = capsys.readouterr().err
     assert "read 4  kept 0  rejected 4" in err and f"{src}:1:" in err and "Traceback" not in err
+def test_scoring_a_merged_export_does_not_import_peft(exported, tmp_path):
+    """peft (and bitsandbytes behind it) cost seconds at start-up; a merged PRM never needs them."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from spare_train.prm.scoring import load_prm; prm = load_prm({str(exported)!r}); "
+            "print(prm.score_text('What is 2 + 3?', ['2 + 3 = 5', 'The answer is 5.'])); "
+            "assert 'peft' not in sys.modules, 'peft was imported'")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -13,6 +13,8 @@ from spare_train.tokenize import (
     IGNORE,
     FormatConfig,
     chat_parts,
+    chat_parts_many,
+    encode_texts,
     features,
     prepare_tokenizer,
     render_text,
@@ -197,3 +199,27 @@ def test_tiny_tokenizer_tag_is_native_and_layout_round_trips(tiny):
     (ex,) = tokenize_records([r], tiny, cfg)
     assert [ex["input_ids"][p] for p in ex["label_positions"]] == [tag] * 3
     assert tiny(render_text(r, tiny, cfg), add_special_tokens=False)["input_ids"] == ex["input_ids"]
+
+
+def test_encode_texts_gives_the_ids_of_the_plain_call(qwen3, tiny):
+    texts = ["3 * 4 = 12", " ки and more", "", "The answer is 14.\n", "<|im_start|>user"]
+    for tok in (qwen3, tiny):
+        prepare_tokenizer(tok, FormatConfig())
+        assert encode_texts(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode_texts(tiny, []) == []
+
+
+def test_encode_texts_falls_back_when_the_backend_would_pad(tiny):
+    """A padded earlier call leaves padding on in the Rust backend; ids must still be unpadded."""
+    tiny(["a", "a b c d"], padding=True)
+    tiny.backend_tokenizer.enable_padding(pad_id=tiny.pad_token_id, pad_token=tiny.pad_token)
+    assert encode_texts(tiny, ["a", "a b c d"]) == [tiny.encode(t, add_special_tokens=False) for t in ["a", "a b c d"]]
+
+
+def test_chat_parts_many_renders_each_distinct_prompt_once(qwen3, monkeypatch):
+    prompts = [Prompt("Q1?"), Prompt("Q2?", instruction="Be brief."), Prompt("Q1?"), Prompt("Q1?", context="C")]
+    calls = []
+    render = qwen3.apply_chat_template
+    monkeypatch.setattr(qwen3, "apply_chat_template", lambda *a, **k: calls.append(1) or render(*a, **k))
+    assert chat_parts_many(prompts, qwen3) == [chat_parts(p, qwen3) for p in prompts]
+    assert len(calls) == 3 + 4  # three distinct prompts, then one call per prompt for the comparison

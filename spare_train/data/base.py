@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,28 +62,51 @@ def records_fingerprint(records: Sequence[StepRecord], *parts: Any) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of what tokenising depends on. A fast tokenizer hashes its whole serialised form
+    (vocabulary, merges, added tokens, normalizer): 4x quicker than the sorted vocabulary for
+    Qwen3's 151k tokens, and it sees merges too."""
     h = hashlib.sha256()
-    h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     h.update(str(getattr(tokenizer, "chat_template", "")).encode())
     h.update(str([tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token]).encode())
     return h.hexdigest()[:24]
 
 
-def cached_dataset(cache_dir: str | None, name: str, build: Any, features: Any, report: Report) -> Any:
-    """``build(report) -> list[dict]`` as a ``datasets.Dataset`` with ``features``, cached under
-    ``cache_dir/name`` together with what building it reported (its rejections, repairs with
-    their ``file:line``, notes), which is merged into ``report`` on a build and on a cache hit
-    alike (a strict ``report`` raises on the first rejection or label-changing repair either way)."""
-    from datasets import Dataset, load_from_disk
+def to_dataset(examples: list[dict[str, Any]], features: Any) -> Any:
+    """Examples (dicts with the keys of ``features``) as an in-memory ``datasets.Dataset``.
 
-    folder = Path(cache_dir) / name if cache_dir else None
+    Built as one Arrow table from the columns (``features``' schema, so label columns keep their
+    declared types): half the time of ``Dataset.from_dict``, which converts through its own typed
+    sequences first.
+    """
+    import pyarrow as pa
+    from datasets import Dataset
+
+    columns = {k: [e[k] for e in examples] for k in features}
+    return Dataset(pa.Table.from_pydict(columns, schema=features.arrow_schema))
+
+
+def cached_dataset(cache_dir: str | None, name: Callable[[], str], build: Any, features: Any, report: Report) -> Any:
+    """``build(report) -> list[dict]`` as a ``datasets.Dataset`` with ``features``, cached under
+    ``cache_dir/name()`` together with what building it reported (its rejections, repairs with
+    their ``file:line``, notes), which is merged into ``report`` on a build and on a cache hit
+    alike (a strict ``report`` raises on the first rejection or label-changing repair either way).
+
+    ``name`` is called only with a ``cache_dir``: fingerprinting the records and the tokenizer
+    costs about as much as tokenising when nothing is cached.
+    """
+    from datasets import load_from_disk
+
+    folder = Path(cache_dir) / name() if cache_dir else None
     if folder is not None and (folder / "events.json").is_file():
         report.merge(Report.from_dict(json.loads((folder / "events.json").read_text())))
         return load_from_disk(str(folder))
     local = Report(strict=report.strict)
-    examples = build(local)
-    columns = {k: [e[k] for e in examples] for k in features}
-    ds = Dataset.from_dict(columns, features=features)
+    ds = to_dataset(build(local), features)
     report.merge(local)
     if folder is not None:  # written under a temporary name, then renamed: never a partial cache
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")

@@ -33,7 +33,7 @@ import torch
 from spare_train.data.base import AnnotationDataModule, cached_dataset, records_fingerprint, tokenizer_fingerprint
 from spare_train.data.views import FilterConfig, PairingConfig, View, build_view
 from spare_train.records import IGNORE, Prompt, StepRecord, first_error
-from spare_train.tokenize import bos_ids, chat_parts
+from spare_train.tokenize import bos_ids, chat_parts_many
 
 
 # ---------------------------------------------------------------------------- text
@@ -74,13 +74,13 @@ def record_turn(record: StepRecord, separator: str = "\n") -> Turn:
 def tokenize_turns(turns: Sequence[Turn], tokenizer: Any, template: str = "chat") -> tuple[list[list[int]], list[dict[str, Any]]]:
     """Prompt ids and completion per turn, untruncated; two batched fast-tokenizer calls.
 
-    The prompt is the chat template's text before the assistant content (:func:`chat_parts`,
+    The prompt is the chat template's text before the assistant content (:func:`chat_parts_many`,
     the same function PRM examples use); the response is the turn's text plus the template's
     suffix up to and including EOS (EOS is appended when the suffix lacks it), so a trained policy
     stops where the answer ends. Each response token gets the step of its first character that
     lies in a step (offsets from the fast tokenizer), -1 when none does.
     """
-    parts = [chat_parts(t.prompt, tokenizer, template) for t in turns]
+    parts = chat_parts_many([t.prompt for t in turns], tokenizer, template)
     prefixes = list(dict.fromkeys(p for p, _ in parts))
     bos = bos_ids(tokenizer, template)
     prefix_ids = dict(zip(prefixes, tokenizer(prefixes, add_special_tokens=False)["input_ids"], strict=True))
@@ -332,9 +332,11 @@ class PolicyDataModule(AnnotationDataModule):
         turns = [[self.turn(r) for r in g] for g in groups]
         tok = self.tokenizer
         options = {"view": hp.view, "pairing": self.pairing.__dict__, "filtering": self.filtering.__dict__,
-                   "template": hp.template, "max_length": hp.max_length, "max_prompt_length": hp.max_prompt_length,
-                   "turns": turns_digest(turns)}  # fmt: skip
-        name = f"policy-{records_fingerprint(records, options, tokenizer_fingerprint(tok))}"
+                   "template": hp.template, "max_length": hp.max_length, "max_prompt_length": hp.max_prompt_length}
+
+        def name() -> str:  # called only when caching
+            keyed = {**options, "turns": turns_digest(turns)}
+            return f"policy-{records_fingerprint(records, keyed, tokenizer_fingerprint(tok))}"
 
         def build(report: Any) -> list[dict[str, Any]]:
             examples, dropped = make_examples(

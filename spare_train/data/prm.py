@@ -3,11 +3,12 @@
 The shared data path (read, label policies, report, split, cache) is
 :class:`spare_train.data.base.AnnotationDataModule`; this module adds what a PRM needs: the step
 tag, tokenisation by :func:`spare_train.tokenize.tokenize_records` (the function scoring uses too)
-and the :class:`StepCollator` (right-padding, or first-fit packing).
+and the :class:`StepCollator` (right-padding, or packing by :func:`pack_rows`).
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 import torch
@@ -17,11 +18,44 @@ from spare_train.records import IGNORE, StepRecord
 from spare_train.tokenize import FormatConfig, features, tokenize_records
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Rows of example indices (each row in input order, rows by their first example) that hold
+    every example in at most ``capacity`` tokens a row, with the fewest computed tokens
+    (rows x longest row).
+
+    Each row count from the least possible up to one example a row is tried; examples go
+    longest first to the emptiest row (balanced rows waste less on padding than first-fit), and
+    the cheapest feasible layout wins -- one example a row when the batch's lengths are already
+    close (a length-grouped batch), so packing never computes more than padding would.
+    """
+    if any(n > capacity for n in lengths):
+        raise ValueError(f"an example of {max(lengths)} tokens does not fit pack_length={capacity}")
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    best: tuple[int, list[list[int]]] = (len(lengths) * max(lengths, default=0), [[i] for i in range(n)])
+    for k in range(max(1, -(-sum(lengths) // capacity)), n):
+        if k * max(lengths) >= best[0]:
+            break  # every layout with k or more rows costs at least this much
+        heap = [(0, r) for r in range(k)]
+        rows: list[list[int]] = [[] for _ in range(k)]
+        for i in order:
+            used, r = heapq.heappop(heap)
+            if used + lengths[i] > capacity:
+                break
+            rows[r].append(i)
+            heapq.heappush(heap, (used + lengths[i], r))
+        else:
+            cost = k * max(used for used, _ in heap)
+            if cost < best[0]:
+                best = (cost, sorted(sorted(row) for row in rows))
+    return best[1]
+
+
 class StepCollator:
     """Right-pads tokenised examples into the batch of docs/architecture.md.
 
-    With ``pack_length``, examples are packed first-fit, in order, into rows of at most that many
-    tokens (less padding for short examples). The batch then also carries ``position_ids``
+    With ``pack_length``, examples are packed into rows of at most that many tokens by
+    :func:`pack_rows` (fewest computed tokens). The batch then also carries ``position_ids``
     (restarting per example), ``segment_ids`` (1, 2, … per example in a row, 0 padding) and
     ``label_rows`` (the row of each example); ``label_positions`` are offsets within that row.
     Models turn ``segment_ids`` into a block-diagonal causal mask with
@@ -36,21 +70,10 @@ class StepCollator:
     def _rows(self, examples: list[dict[str, Any]]) -> list[list[int]]:
         if not self.pack_length:
             return [[i] for i in range(len(examples))]
-        rows: list[list[int]] = []
-        used: list[int] = []
-        for i, e in enumerate(examples):
-            n = len(e["input_ids"])
-            if n > self.pack_length:
-                raise ValueError(f"example {e['id']} has {n} tokens > pack_length={self.pack_length}")
-            for r, u in enumerate(used):
-                if u + n <= self.pack_length:
-                    rows[r].append(i)
-                    used[r] += n
-                    break
-            else:
-                rows.append([i])
-                used.append(n)
-        return rows
+        for e in examples:
+            if len(e["input_ids"]) > self.pack_length:
+                raise ValueError(f"example {e['id']} has {len(e['input_ids'])} tokens > pack_length={self.pack_length}")
+        return pack_rows([len(e["input_ids"]) for e in examples], self.pack_length)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         n = len(examples)
@@ -123,7 +146,10 @@ class PRMDataModule(AnnotationDataModule):
 
     def build_dataset(self, split: str, records: list[StepRecord]) -> Any:
         tok, cfg = self.tokenizer, self.format_config
-        name = f"prm-{records_fingerprint(records, cfg.__dict__, tokenizer_fingerprint(tok), sorted(features()))}"
+
+        def name() -> str:  # called only when caching
+            return f"prm-{records_fingerprint(records, cfg.__dict__, tokenizer_fingerprint(tok), sorted(features()))}"
+
         return cached_dataset(
             self.hparams.cache_dir, name, lambda rep: tokenize_records(records, tok, cfg, rep, self.tag_id),
             features(), self.report,

@@ -17,6 +17,7 @@ does, in order (each step is configuration of a transformers / peft object, not 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -174,10 +175,13 @@ def load_backbone(
 
 
 def unwrap(model: Any) -> Any:
-    """The transformers model inside a peft wrapper (adapters stay active), or ``model`` itself."""
-    from peft import PeftModel
+    """The transformers model inside a peft wrapper (adapters stay active), or ``model`` itself.
 
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    peft is not imported for this (seconds at start-up, e.g. of ``spare-train score`` on a merged
+    export): a model can only be a ``PeftModel`` once peft is loaded.
+    """
+    peft = sys.modules.get("peft")
+    return model.get_base_model() if peft is not None and isinstance(model, peft.PeftModel) else model
 
 
 def decoder_body(model: Any) -> Any:
