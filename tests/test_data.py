@@ -252,7 +252,7 @@ def test_to_dataset_keeps_declared_types_and_minus_100():
     from spare_train.tokenize import features
 
     ex = {"id": "a", "group_id": "g", "input_ids": [1, 2, 3], "label_positions": [1, 2], "step_labels": [IGNORE, 1.0],
-          "num_steps": 2, "num_dropped_steps": 0, "outcome": float("nan"), "answer": ""}
+          "num_steps": 2, "num_dropped_steps": 0, "outcome": float("nan"), "answer": "", "is_reference": False}
     ds = to_dataset([ex, {**ex, "id": "b", "step_labels": [0.0, 0.5]}], features())
     assert ds.features == features()
     assert ds[0]["step_labels"] == [IGNORE, 1.0] and ds[1]["step_labels"] == [0.0, 0.5]
