@@ -21,7 +21,6 @@ from typing import Any, Literal
 from spare_train.critique.template import CritiqueTemplate
 from spare_train.critique.views import RefineTarget, Unlabeled, critique_records, refinement_examples
 from spare_train.data.policy import PolicyDataModule, Turn, response_text
-from spare_train.labels import PolicySpec
 from spare_train.records import CORRECT, StepRecord
 
 #: where the checkpoint keeps what the export needs (see :meth:`CritiqueDataModule.state_dict`)
@@ -31,16 +30,11 @@ STATE_KEY = "spare_critique"
 class CritiqueDataModule(PolicyDataModule):
     """Critique or refinement examples from step-annotated records, for SFT of a critic or refiner.
 
+    Takes every :class:`~spare_train.data.AnnotationDataModule` argument (``train``, ``val``,
+    ``format``, ``tokenizer``, ``batch_size``, …) and ``max_prompt_length``; the view is always
+    ``filtered`` (one completion per example).
+
     Args:
-        train: training files (file, folder of shards, glob, ``hf:NAME[:split]``, or a list).
-        val: validation files; when absent, ``val_fraction`` of the training questions are held
-            out by ``group_id``.
-        test: test files (optional).
-        format: reader name (``spare``, ``critique``, ``stepwise``, ...).
-        reader_options: reader options (e.g. ``{add_reference: true}`` for reference targets).
-        label_policy: label policies applied after reading, in order.
-        tokenizer: tokenizer path or hub id (``tiny`` for the bundled one).
-        template: ``chat`` (tokenizer's chat template) or ``plain``.
         mode: ``critique`` (train a critic) or ``refine`` (train a refiner).
         unlabeled: a record with an unlabeled step is ``reject``ed or cut before it (``truncate``).
         refine_target: what a refiner learns to write: the ``reference`` solution or a correct
@@ -48,47 +42,22 @@ class CritiqueDataModule(PolicyDataModule):
         quote_steps: the critique repeats each step before its explanation (see
             :class:`~spare_train.critique.template.CritiqueTemplate`).
         max_length: tokens per prompt + target.
-        max_prompt_length: prompt tokens kept when an example is too long.
         batch_size: examples per batch.
-        val_fraction: share of questions held out when ``val`` is not given.
-        seed: seed of the hold-out split, the sampler and the choice of candidate targets.
-        group_by_length: batch examples of similar length (less padding).
-        num_workers: DataLoader workers.
-        cache_dir: where to cache tokenised datasets (none: in memory).
-        strict: stop at the first bad record instead of rejecting and reporting it.
     """
 
     def __init__(
         self,
-        train: str | list[str] | None = None,
-        val: str | list[str] | None = None,
-        test: str | list[str] | None = None,
-        format: str = "spare",
-        reader_options: dict[str, Any] | None = None,
-        label_policy: PolicySpec | list[PolicySpec] | None = None,
-        tokenizer: str = "tiny",
-        template: Literal["chat", "plain"] = "chat",
         mode: Literal["critique", "refine"] = "critique",
         unlabeled: Unlabeled = "reject",
         refine_target: RefineTarget = "reference",
         quote_steps: bool = False,
         max_length: int = 1024,
-        max_prompt_length: int | None = 512,
         batch_size: int = 4,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        strict: bool = False,
+        **kwargs: Any,
     ):
-        super().__init__(
-            train=train, val=val, test=test, format=format, reader_options=reader_options,
-            label_policy=label_policy, tokenizer=tokenizer, template=template, view="filtered",
-            max_length=max_length, max_prompt_length=max_prompt_length, batch_size=batch_size,
-            val_fraction=val_fraction, seed=seed, group_by_length=group_by_length, num_workers=num_workers,
-            cache_dir=cache_dir, strict=strict,
-        )  # fmt: skip
+        if kwargs.pop("view", None) not in (None, "filtered"):
+            raise ValueError("CritiqueDataModule's view is always 'filtered' (one completion per example)")
+        super().__init__(view="filtered", max_length=max_length, batch_size=batch_size, **kwargs)
         self.template = CritiqueTemplate(quote_steps=quote_steps)
         # one completion per example, as the policy module's SFT expects; set explicitly, since
         # under LightningCLI the hyper-parameters are this class's arguments only
