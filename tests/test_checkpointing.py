@@ -79,7 +79,7 @@ def test_requeued_means_an_hpc_checkpoint_written_during_this_run(tmp_path):
 
 def test_sampler_batches_do_not_depend_on_the_process_count_and_resume_skips_done_batches():
     lengths = [(i * 37) % 101 for i in range(400)]
-    one = LengthGroupedSampler(lengths, 4, seed=3, mega_batch_mult=10)
+    one = LengthGroupedSampler(lengths, 4, seed=3, mega_batch_mult=10, step_batches=2)  # 1 process, accumulation 2
     two = [LengthGroupedSampler(lengths, 4, num_replicas=2, rank=r, seed=3, mega_batch_mult=10) for r in range(2)]
     b0, b1 = two[0].batches(), two[1].batches()
     assert len(b0) == len(b1) == 50

@@ -85,6 +85,18 @@ def test_length_grouped_sampler_groups_lengths_and_reshuffles_per_epoch():
     assert s.batches() != first
 
 
+def test_length_grouped_sampler_steps_come_in_random_order_not_long_to_short_sweeps():
+    """Batches are sorted inside a mega-batch; yielding them in that order trains on 50 batches
+    from longest to shortest again and again. Steps must come shuffled: about half of the
+    neighbouring steps grow in length, and one process without accumulation shuffles batches."""
+    lengths = [(i * 37) % 101 for i in range(4000)]
+    for step_batches in (1, 2):
+        s = LengthGroupedSampler(lengths, 8, seed=0, mega_batch_mult=50, step_batches=step_batches)
+        longest = [max(lengths[i] for i in b) for b in s.batches()[::step_batches]]
+        growing = sum(b > a for a, b in zip(longest, longest[1:])) / (len(longest) - 1)
+        assert 0.35 < growing < 0.65, growing
+
+
 def test_length_grouped_sampler_shards_disjointly_with_equal_counts():
     lengths = list(range(103))
     shards = [LengthGroupedSampler(lengths, 4, num_replicas=2, rank=r, seed=5).batches() for r in range(2)]

@@ -279,3 +279,25 @@ def test_score_and_evaluate_fail_on_an_all_nan_model(nan_export, tmp_path, capsy
     recs = records(4)
     metrics = evaluate_scores(recs, load_prm(nan_export).score(recs), tau=0.5)
     assert all(math.isnan(metrics[k]) for k in ("step/auroc", "step/acc", "first_error/f1", "bon/min", "bon/prod"))
+
+
+class _Touch:
+    """Unpickling this runs ``Path.touch(marker)``: what a crafted checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resuming_from_a_crafted_checkpoint_runs_no_code(tmp_path):
+    """``fit(ckpt_path=…)`` reads the file as data only (our checkpoint IO forces
+    ``weights_only=True``; FSDP2 shard folders read their index with a class allow-list)."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _Touch(marker)}, evil)
+    module = PRMModule(tokenizer="tiny")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        trainer(max_steps=1).fit(module, loader(module, n=2, batch_size=2), ckpt_path=str(evil))
+    assert not marker.exists()

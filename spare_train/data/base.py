@@ -264,10 +264,10 @@ class AnnotationDataModule(L.LightningDataModule):
                               num_workers=hp.num_workers, generator=generator)  # fmt: skip
         trainer = self.trainer
         lengths = self.example_lengths(ds) if hp.group_by_length else [0] * len(ds)
+        world, accumulate = (trainer.world_size, trainer.accumulate_grad_batches) if trainer else (1, 1)
         sampler = LengthGroupedSampler(
-            lengths, hp.batch_size, num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0, shuffle=True, seed=hp.seed,
-            mega_batch_mult=50 if hp.group_by_length else 1,
+            lengths, hp.batch_size, num_replicas=world, rank=trainer.global_rank if trainer else 0, shuffle=True,
+            seed=hp.seed, mega_batch_mult=50 if hp.group_by_length else 1, step_batches=world * accumulate,
         )  # fmt: skip
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)  # workers may draw indices before Lightning sets it

@@ -11,17 +11,22 @@ from torch.utils.data import DistributedSampler
 class LengthGroupedSampler(DistributedSampler):
     """Yields indices so that consecutive ``batch_size`` chunks have similar lengths, sharded by rank.
 
-    Indices are shuffled (seed + epoch), cut into mega-batches of ``mega_batch_mult`` batches
-    (rounded up to a multiple of ``num_replicas``), sorted by length inside each and cut into
-    batches; batch ``i`` goes to rank ``i % num_replicas``. So:
+    Indices are shuffled (seed + epoch), cut into mega-batches of about ``mega_batch_mult``
+    batches, sorted by length inside each and cut into batches. Neighbouring batches are grouped
+    into blocks of ``step_batches`` (the batches of one optimizer step over all ranks: GPUs ×
+    gradient accumulation) and the blocks are shuffled; batch ``i`` then goes to rank
+    ``i % num_replicas``. So:
 
-    * the ``num_replicas`` batches of one optimizer step are neighbours in a sorted mega-batch:
-      similar lengths, so ranks wait little for each other;
-    * every rank yields the same number of batches (the last step is filled by repeating indices);
-    * the batch order does not depend on ``num_replicas``: N processes with batch B see at each step
-      the batches one process with batch B and ``accumulate_grad_batches=N`` sees (up to the
-      padding of the epoch's last step), so changing the GPU count keeps the data, and DDP and
-      FSDP are tested against a single process that way.
+    * the batches of one optimizer step are neighbours in a sorted mega-batch: similar lengths,
+      so ranks wait little for each other;
+    * steps come in random order, not in long-to-short sweeps through each mega-batch (a
+      training-order bias that hurt the tiny PRM; see docs/benchmarks.md);
+    * every rank yields the same number of batches (the last block is filled by repeating indices);
+    * the batch order depends on ``step_batches`` only: N processes with accumulation A see at
+      each step the batches one process with accumulation N×A sees (up to the padding of the
+      epoch's last step), so changing the GPU count keeps the data, and DDP and FSDP are tested
+      against a single process that way. With one process and no accumulation the order is the
+      plain shuffle of batches.
 
     It subclasses ``DistributedSampler`` so Lightning leaves it in place under DDP; ``set_epoch``
     reshuffles. :meth:`resume` skips the batches of an epoch a checkpoint already trained on.
@@ -36,6 +41,7 @@ class LengthGroupedSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         mega_batch_mult: int = 50,
+        step_batches: int | None = None,
     ):
         self.lengths = list(lengths)
         self.batch_size = batch_size
@@ -44,11 +50,15 @@ class LengthGroupedSampler(DistributedSampler):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self.mega = batch_size * (-(-max(1, mega_batch_mult) // num_replicas) * num_replicas)
-        step = batch_size * num_replicas
-        self.num_steps = max(1, -(-len(self.lengths) // step))
-        self.num_samples = self.num_steps * batch_size
-        self.total_size = self.num_samples * num_replicas
+        self.step_batches = step_batches or num_replicas
+        if self.step_batches % num_replicas:
+            raise ValueError(f"step_batches ({self.step_batches}) must be a multiple of num_replicas ({num_replicas})")
+        k = self.step_batches
+        self.mega = batch_size * (-(-max(1, mega_batch_mult) // k) * k)  # whole blocks per mega-batch
+        blocks = max(1, -(-len(self.lengths) // (batch_size * k)))
+        self.total_size = blocks * batch_size * k
+        self.num_samples = self.total_size // num_replicas
+        self.num_steps = self.num_samples // batch_size  # batches per rank
         self._resume: tuple[int, int] | None = None
         self.started = False  # an iteration has begun (its skip, if any, is decided)
 
@@ -66,6 +76,10 @@ class LengthGroupedSampler(DistributedSampler):
         for m in range(0, len(order), self.mega):
             chunk = sorted(order[m : m + self.mega], key=lambda i: -self.lengths[i])
             batches += [chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:  # blocks of one step's neighbouring batches, in random order
+            k = self.step_batches
+            blocks = [batches[b : b + k] for b in range(0, len(batches), k)]
+            batches = [batch for i in torch.randperm(len(blocks), generator=g).tolist() for batch in blocks[i]]
         return batches
 
     def batches(self) -> list[list[int]]:

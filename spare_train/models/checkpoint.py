@@ -71,7 +71,12 @@ def _gather_rng(trainer: Any) -> list[dict[str, torch.Tensor]]:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``torch.save`` checkpoints, written to ``.NAME.PID.tmp`` next to ``NAME`` and
-    renamed over it (see the module docstring). Remote paths (``s3://``…) keep Lightning's writer."""
+    renamed over it (see the module docstring). Remote paths (``s3://``…) keep Lightning's writer.
+    Read always with ``weights_only=True``, whatever a caller passes: a checkpoint is data, and a
+    crafted ``--ckpt_path`` file must not run code."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if "://" in str(path):

@@ -278,7 +278,10 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     # ---- load ------------------------------------------------------------------------------------
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        """Load the module's checkpoint tensors in place, the optimiser states, and return the rest."""
+        """Load the module's checkpoint tensors in place, the optimiser states, and return the rest.
+
+        Always as data: ``weights_only=True`` whatever the caller asks, the shard index through
+        :func:`index_checked_reader`."""
         from lightning.fabric.strategies.model_parallel import _rekey_optimizer_state_if_needed
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -293,14 +296,14 @@ class FSDP2Strategy(ModelParallelStrategy):
         if path.is_dir():
             import torch.distributed.checkpoint as dcp
 
-            dcp.load({"state_dict": targets}, checkpoint_id=path)
+            dcp.load({"state_dict": targets}, storage_reader=index_checked_reader(path))
             for i, optimizer in enumerate(self.optimizers):
                 state = {f"optimizer_{i}": get_optimizer_state_dict(module, optimizer)}
-                dcp.load(state, checkpoint_id=path)
+                dcp.load(state, storage_reader=index_checked_reader(path))
                 set_optimizer_state_dict(module, optimizer, optim_state_dict=state[f"optimizer_{i}"],
                                          options=StateDictOptions(cpu_offload=True))  # fmt: skip
-            return torch.load(path / META, map_location="cpu", weights_only=weights_only)
-        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+            return torch.load(path / META, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=True)
         load_full_tensors(targets, checkpoint.pop("state_dict"))
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         for i, optimizer in enumerate(self.optimizers):
@@ -326,15 +329,11 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which a shard index never holds")
 
 
-def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint folder of :class:`FSDP2Strategy` as one plain dict (``state_dict`` included,
-    optimiser states left out), read in one process without running code from it: ``meta.pt``
-    loads with ``weights_only=True``, the shard index through :class:`_MetadataUnpickler`, and
-    only tensors are read from the shards."""
+def index_checked_reader(path: str | Path) -> Any:
+    """A ``FileSystemReader`` for a shard folder whose index is read by :class:`_MetadataUnpickler`
+    (torch's own reader unpickles ``.metadata`` freely: a crafted folder would run code)."""
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.metadata import StorageMeta
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     class IndexCheckedReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
@@ -345,10 +344,21 @@ def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
+    return IndexCheckedReader(path)
+
+
+def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint folder of :class:`FSDP2Strategy` as one plain dict (``state_dict`` included,
+    optimiser states left out), read in one process without running code from it: ``meta.pt``
+    loads with ``weights_only=True``, the shard index through :class:`_MetadataUnpickler`, and
+    only tensors are read from the shards."""
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
     path = Path(path)
     recover_swap(path)
     state: dict[str, Any] = {}
-    _load_state_dict(state, storage_reader=IndexCheckedReader(path), planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
+    _load_state_dict(state, storage_reader=index_checked_reader(path), planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
                      no_dist=True)  # fmt: skip
     checkpoint = torch.load(path / META, map_location="cpu", weights_only=True)
     checkpoint["state_dict"] = state.get("state_dict", {})
