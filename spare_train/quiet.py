@@ -42,8 +42,12 @@ SILENCED_WARNINGS = (
     # (AnnotationDataModule.state_dict); Lightning only sees a loader without state_dict
     r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable",
 )
-#: Lightning's INFO-level adverts (logged through these loggers)
-_TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+#: Lightning's INFO-level adverts and notices (logged through these loggers)
+_TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                "lightning.pytorch.trainer.connectors.checkpoint_connector")  # fmt: skip
+#: their messages that start so (the checkpoint notice is about *saving* a full checkpoint, which
+#: reads like a warning that loading is unsafe; our loads are always ``weights_only=True``)
+_SILENCED_INFO = ("💡 Tip", "`weights_only` was not set, defaulting to `False`")
 
 
 def _importer() -> str:
@@ -72,7 +76,7 @@ def defer_bitsandbytes() -> None:
 
 class _NoTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(_SILENCED_INFO)
 
 
 def silence_third_party() -> None:

@@ -59,3 +59,18 @@ def test_lightning_tips_and_notices_are_silenced(tmp_path, capfd):
         Trainer(accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False)
     err = capfd.readouterr().err
     assert "💡 Tip" not in err and not [w for w in caught if "tensorboardX" in str(w.message)]
+
+
+def test_lightnings_save_notice_about_weights_only_is_silenced(caplog):
+    """Lightning logs "`weights_only` was not set, defaulting to `False`" at every full save: it
+    reads as if loading were unsafe (our loads are weights_only=True); other messages pass."""
+    import logging
+
+    from spare_train.quiet import silence_third_party
+
+    silence_third_party()
+    log = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.info("`weights_only` was not set, defaulting to `False`.")
+        log.info("Restoring states from the checkpoint path at x.ckpt")
+    assert [r.getMessage() for r in caplog.records] == ["Restoring states from the checkpoint path at x.ckpt"]
