@@ -21,7 +21,7 @@ def fake_trainer(**kw):
 
 
 def test_planned_epochs_follow_max_steps():
-    assert planned_epochs(fake_trainer()) == 8  # the tiny PRM recipe: 2400 steps of 315 batches, not 100 epochs
+    assert planned_epochs(fake_trainer()) == 8  # 2400 steps of 315 batches (a tiny PRM run), not 100 epochs
     assert planned_epochs(fake_trainer(max_steps=6)) == 1
     assert planned_epochs(fake_trainer(max_steps=-1, max_epochs=3)) == 3
     assert planned_epochs(fake_trainer(max_steps=100, accumulate_grad_batches=8)) == 3  # 40 steps per epoch
