@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="demo_policy_"))
     train, test = args.train, args.test
     print(f"data: train {train}, held out {test}")
+    # batches of random lengths: grouping by length (the data modules' default, less padding) left
+    # the SFT policy at 0.345 greedy accuracy on held-out questions instead of 0.995 (docs/offline_rl.md)
     common = dict(val=test, reader_options={"add_reference": True}, tokenizer="tiny", max_length=256,
-                  max_prompt_length=128)  # fmt: skip
+                  max_prompt_length=128, group_by_length=False)  # fmt: skip
 
     t0 = time.time()
     sft_dm = PolicyDataModule(train=train, view="filtered", filtering=FilterConfig(include_reference=True),

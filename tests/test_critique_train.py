@@ -150,14 +150,18 @@ def test_export_card_snippet_runs_as_copied(critic_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_critique_and_evaluate_commands(critic_dir, data_file, tmp_path, capsys):
+def test_critique_and_evaluate_commands(critic_dir, data_file, tmp_path, capsys, monkeypatch):
     out = tmp_path / "c.jsonl"
+    monkeypatch.setenv("SPARE_TRAIN_PROGRESS_EVERY", "0")  # a progress line after every batch
     assert cli(["critique", "--model", str(critic_dir), "--input", data_file, "--output", str(out), "--batch_size", "3"]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     records, _ = read_records("spare", data_file)
     assert [r["id"] for r in rows] == [r.id for r in records]
     assert all(r["malformed"] is None and len(r["p_correct"]) == len(x.steps) for r, x in zip(rows, records, strict=True))
-    assert "6 parsed (100.0 %)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "6 parsed (100.0 %)" in err
+    # not a terminal: plain progress lines, never a bar's carriage returns
+    assert "critiquing" in err and "\r" not in err
     # critique-in-the-loop: the critic's verdicts filter candidates before RFT
     from spare_train.labels import apply_policies
     from spare_train.report import Report

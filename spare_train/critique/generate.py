@@ -124,10 +124,10 @@ class Critic:
         order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
         out: list[CritiqueResult | None] = [None] * len(records)
         starts = range(0, len(order), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
+        if progress:  # a bar in a terminal, a line every 30 s in a log
+            from spare_train.progress import track
 
-            starts = tqdm(starts, desc="critiquing", unit="batch", mininterval=10.0)
+            starts = track(starts, len(starts), "critiquing")
         for start in starts:
             idx = order[start : start + batch_size]
             budget = max_new_tokens or 128 * max(records[i].num_steps for i in idx) + 64
