@@ -27,12 +27,19 @@ def test_no_recipe_stops_by_wall_time():
 
 
 def doc_section(path: Path, heading: str) -> str:
-    """The text under ``heading`` (a markdown heading line) up to the next heading of its level or above."""
+    """The text under ``heading`` (a markdown heading line) up to the next heading of its level or
+    above; a ``#`` line inside a fenced code block (a shell comment) is not a heading."""
     text = path.read_text(encoding="utf-8")
-    level = heading.split(" ")[0]
+    level = len(heading.split(" ")[0])
     body = text[text.index(heading + "\n") + len(heading) :]
-    cut = re.search(rf"^#{{1,{len(level)}}} ", body, re.M)
-    return body[: cut.start()] if cut else body
+    fenced, out = False, []
+    for line in body.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(rf"#{{1,{level}}} ", line):
+            break
+        out.append(line)
+    return "".join(out)
 
 
 def code_blocks(section: str, lang: str) -> list[str]:
@@ -52,9 +59,12 @@ def commands(section: str) -> list[tuple[list[str], str]]:
 
 def walk(section: str, tmp_path: Path, fit_cut: list[str]) -> None:
     """Run the section's commands as written from ``tmp_path`` (a user's fresh folder, with the
-    checkout's recipes/ and a short data/synth/test.jsonl), each fit cut to a few steps; GPU ones skipped."""
+    checkout's recipes/ and a short data/synth/test.jsonl), each fit cut to a few steps; GPU ones
+    and real SLURM submissions skipped."""
     for argv, comment in commands(section):
         if "GPU" in comment:
+            continue
+        if argv[1] == "slurm" and "--dry-run" not in argv:  # sbatch needs a cluster: tests/test_slurm.py submits
             continue
         assert argv[0] == "spare-train"
         extra = fit_cut if argv[1] == "fit" else []

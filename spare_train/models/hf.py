@@ -131,7 +131,9 @@ def resolve_base(adapter_dir: str | Path, recorded: str) -> str:
     folder exists there, anything else (a hub id, an absolute path) is returned as is."""
     from spare_train.models.backbone import resolve_model_path
 
-    here = Path(adapter_dir) / recorded
+    # ".." taken lexically: the export folder may not exist yet (its card is written before the
+    # finished folder is renamed into place), and the OS cannot walk ".." out of a missing folder
+    here = Path(os.path.normpath(Path(adapter_dir) / recorded))
     if not Path(recorded).is_absolute() and here.is_dir():
         return str(here.resolve())
     return resolve_model_path(recorded)
