@@ -69,6 +69,11 @@ def walk(section: str, tmp_path: Path, fit_cut: list[str]) -> None:
         assert argv[0] == "spare-train"
         extra = fit_cut if argv[1] == "fit" else []
         assert main([*argv[1:], *extra]) == 0, argv
+        if "wandb" in sys.modules:  # a fit with the wandb logger leaves its run (and wandb's settings,
+            import wandb  # this folder included) until the process ends; a later test would inherit them
+
+            wandb.finish()
+            wandb.teardown()
 
 
 def user_folder(tmp_path: Path, monkeypatch) -> Path:
