@@ -145,6 +145,31 @@ def test_requeue_callback_outside_slurm_saves_stops_and_resumes(tmp_path, monkey
     assert not (run / "hpc_ckpt_2.ckpt").exists()
 
 
+
+@pytest.mark.slow
+def test_requeue_signal_between_accumulated_batches_waits_for_the_optimizer_step(tmp_path, monkeypatch):
+    """With gradient accumulation, a signal that arrives after the first micro-batch of a step is
+    acted on after the step's last one: a checkpoint taken in between would lose the accumulated
+    gradient. The resumed run then ends with the uninterrupted run's weights."""
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    common = ["fit", "--config", RECIPE, "--trainer.max_steps=4", "--trainer.accumulate_grad_batches=2",
+              "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    assert main([*common, f"--trainer.default_root_dir={tmp_path / 'whole'}"]) == 0
+    run = tmp_path / "run"
+    args = [*common, f"--trainer.default_root_dir={run}", "--trainer.callbacks+=spare_train.launch.SlurmRequeue"]
+    # sent before the first micro-batch of step 3 (batch 4 of the epoch)
+    assert main([*args, "--trainer.callbacks+=slurm_pause.SignalSelfAt", "--trainer.callbacks.step=2"]) == 0
+    saved = load_checkpoint(run / "hpc_ckpt_1.ckpt")
+    assert saved["global_step"] == 3
+    assert list(saved["PRMDataModule"]["train_position"]) == [0, 6]  # both micro-batches of step 3 done
+    assert main([*args, "--ckpt_path", "hpc"]) == 0
+    got = max((load_checkpoint(p) for p in run.rglob("last.ckpt")), key=lambda c: c["global_step"])  # the resumed run's
+    [want] = [load_checkpoint(p) for p in (tmp_path / "whole").rglob("last.ckpt")]
+    assert got["global_step"] == want["global_step"] == 4
+    diff = max(float((got["state_dict"][k] - want["state_dict"][k]).abs().max()) for k in want["state_dict"])
+    assert diff <= 1e-6, diff
+
 # ---- against a real one-node SLURM cluster --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster():

@@ -4,14 +4,13 @@ SLURM warns a job before its time limit (``#SBATCH --signal=SIGUSR1@90``) or whe
 test sends the signal (``scancel --signal=USR1 JOB``). Lightning's own SLURM handler saves its
 ``hpc_ckpt_N.ckpt`` *inside the signal handler*: wherever each rank happens to be, mid-backward
 included, and with collectives (our per-rank RNG gather, the save barrier) that the ranks then
-reach in different orders. :class:`SlurmRequeue` only raises a flag in the handler; at the end of
-the next training batch every rank learns whether any rank saw the signal (one all-reduce of a
-bool), all save the same checkpoint together, and rank 0 requeues the job. The requeued job
-resumes from it by itself: Lightning restores the newest ``hpc_ckpt_N.ckpt`` of
-``trainer.default_root_dir`` whenever it runs under SLURM and ``ckpt_path`` is not given.
-
-Registering the handler in ``setup`` (before Lightning registers its own) keeps Lightning's
-handler off that signal: it only installs one where none is set.
+reach in different orders. :class:`SlurmRequeue` is a
+:class:`~spare_train.models.preemption.StepBoundarySignal`: the handler only raises a flag, and at
+the end of the next optimizer step (not between accumulated micro-batches) every rank learns
+whether any rank saw the signal, all save the same checkpoint together, and rank 0 requeues the
+job. The requeued job resumes from it by itself: Lightning restores the newest
+``hpc_ckpt_N.ckpt`` of ``trainer.default_root_dir`` whenever it runs under SLURM and
+``ckpt_path`` is not given.
 """
 
 from __future__ import annotations
@@ -21,12 +20,11 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
+from spare_train.models.preemption import StepBoundarySignal
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ def slurm_job_to_requeue() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-class SlurmRequeue(Callback):
+class SlurmRequeue(StepBoundarySignal):
     """On ``signal``, save ``hpc_ckpt_N.ckpt`` at the next step boundary and requeue the SLURM job.
 
     Args:
@@ -61,30 +59,11 @@ class SlurmRequeue(Callback):
     """
 
     def __init__(self, signal: str = "SIGUSR1", requeue: bool = True, wait_for_sigterm: float = 120.0) -> None:
-        self.signum = _signal_number(signal)
+        super().__init__(signal)
         self.requeue = requeue
         self.wait_for_sigterm = wait_for_sigterm
-        self.received = False
-        self._previous: Any = None
 
-    # ---- the handler only raises a flag ---------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.received = True
-
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(self.signum, self._on_signal)
-
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
-
-    # ---- at a step boundary, on every rank together ---------------------------------------------
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
-            return
-        self.received = False
+    def act(self, trainer: Any) -> None:
         path = trainer.strategy.broadcast(str(next_hpc_checkpoint(trainer.default_root_dir)), src=0)
         trainer.save_checkpoint(path)  # collective: every rank takes part
         for logger in trainer.loggers:
@@ -121,7 +100,3 @@ class SlurmRequeue(Callback):
         log.warning("requeued SLURM job %s", job)
         return True
 
-
-def _signal_number(name: str) -> int:
-    name = name.upper()
-    return int(getattr(signal.Signals, name if name.startswith("SIG") else f"SIG{name}"))

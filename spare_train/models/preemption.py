@@ -1,20 +1,21 @@
-"""SIGTERM, what a scheduler sends before it kills a job: save a checkpoint, then exit non-zero.
+"""Signals a scheduler sends before it stops a job, acted on at an optimizer-step boundary.
 
-Lightning, on SIGTERM, stops at the next batch *without* a checkpoint and ``spare-train fit``
-then exited 0, so a preempted run looked finished. :class:`SaveOnSigterm` (returned by both
-modules' ``configure_callbacks``) instead:
+A signal can arrive anywhere: mid-backward, between accumulated micro-batches (whose gradients a
+checkpoint does not hold), or while another rank is inside a collective. Saving from the signal
+handler, as Lightning's SLURM handler does, starts collectives at a different point on each rank.
+:class:`StepBoundarySignal` is the one mechanism both preemption callbacks use:
 
-1. replaces Lightning's SIGTERM handler once training starts with one that only sets a flag (no
-   collective inside a signal handler, which could pair with another rank's gradient all-reduce);
-2. at the end of each optimizer step (never between accumulated micro-batches, whose gradients a
-   checkpoint does not hold) the ranks agree whether any of them got the signal;
-3. if so, every rank saves ``last.ckpt`` in the checkpoint folder (what ``--ckpt_path last``
-   resumes from) and the run ends with :class:`Preempted`: exit status 143 (128 + SIGTERM), or 0
-   when Lightning's SLURM auto-requeue saved an ``hpc_ckpt_*.ckpt`` during this run, i.e. the job
-   has requeued itself and will resume.
+1. its handler only raises a flag (installed in ``setup`` so that Lightning leaves that signal
+   alone where it only registers a handler when none is set, and again when training starts, over
+   the handler Lightning composes for SIGTERM whatever was set);
+2. at the end of each optimizer step (never between accumulated micro-batches) the ranks agree,
+   with one all-reduce of a bool, whether any of them got the signal;
+3. if so, every rank calls :meth:`~StepBoundarySignal.act` together.
 
-A signal sent to the launching process reaches the other ranks through step 2; one sent to every
-process (as SLURM does) works the same.
+Two actions use it: :class:`SaveOnSigterm` (here; both modules' ``configure_callbacks`` add it)
+saves ``last.ckpt`` and ends the run with exit status 143 (0 when the job requeued itself), and
+:class:`spare_train.launch.SlurmRequeue` saves ``hpc_ckpt_N.ckpt`` on SIGUSR1 and requeues the
+SLURM job. A signal sent only to the launching process reaches the other ranks through step 2.
 """
 
 from __future__ import annotations
@@ -46,39 +47,79 @@ def last_checkpoint_path(trainer: Any) -> Path:
 
 
 def requeued(root: str | Path, since: float) -> bool:
-    """Whether Lightning's SLURM auto-requeue wrote an ``hpc_ckpt_*.ckpt`` under ``root`` since ``since``."""
+    """Whether an ``hpc_ckpt_*.ckpt`` (a requeued SLURM job's checkpoint) was written under ``root`` since ``since``."""
     return any(p.stat().st_mtime >= since for p in Path(root).glob("hpc_ckpt_*.ckpt"))
 
 
-class SaveOnSigterm(Callback):
-    """Checkpoint and stop (non-zero unless requeued) after SIGTERM; see the module docstring."""
+def signal_number(name: str | int) -> int:
+    """``"SIGUSR1"``, ``"USR1"`` or a number -> the signal number."""
+    if isinstance(name, int):
+        return name
+    name = name.upper()
+    return int(getattr(signal.Signals, name if name.startswith("SIG") else f"SIG{name}"))
 
-    def __init__(self) -> None:
-        self.requested = False
+
+class StepBoundarySignal(Callback):
+    """Raise a flag on ``signum``; at the next optimizer-step boundary, if any rank has it, every
+    rank runs :meth:`act` (see the module docstring). Subclasses define :meth:`act`."""
+
+    def __init__(self, signum: str | int) -> None:
+        self.signum = signal_number(signum)
+        self.received = False
         self._previous: Any = None
         self._installed = False
-        self._started = time.time()
 
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        previous = signal.signal(self.signum, self._on_signal)
+        if not self._installed:  # keep what was there before the run, to restore at teardown
+            self._previous, self._installed = previous, True
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self._install()
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        # after Lightning registered its handlers (Trainer._run), before the first batch
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-            self._installed = True
-        self._started = time.time()
+        self._install()  # after Lightning registered its handlers (Trainer._run), before the first batch
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self._installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-            self._installed = False
+            signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._previous, self._installed = None, False
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.fit_loop._should_accumulate():
+        if trainer.fit_loop._should_accumulate():  # mid-accumulation: the next boundary acts
             return
-        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):  # collective
+        if not trainer.strategy.reduce_boolean_decision(self.received, all=False):  # collective
             return
+        self.received = False
+        self.act(trainer)
+
+    def act(self, trainer: Any) -> None:
+        """What every rank does, together, at the step boundary after the signal."""
+        raise NotImplementedError
+
+
+class SaveOnSigterm(StepBoundarySignal):
+    """On SIGTERM: save ``last.ckpt`` at the step boundary (what ``--ckpt_path last`` resumes from)
+    and stop with exit status 143, or 0 when the job requeued itself during this run.
+
+    Without it, Lightning stops at the next batch *without* a checkpoint and ``spare-train fit``
+    exited 0, so a preempted run looked finished."""
+
+    def __init__(self) -> None:
+        super().__init__(signal.SIGTERM)
+        self._started = time.time()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._started = time.time()
+
+    def act(self, trainer: Any) -> None:
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         code = 0 if requeued(trainer.default_root_dir, self._started) else EXIT_PREEMPTED
