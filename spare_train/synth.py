@@ -217,12 +217,23 @@ def plant_error(
     return reference_candidate(problem)
 
 
+def correct_explanation(problem: Problem, vals: list[int], i: int) -> str:
+    """What the judge writes for correct step ``i``: it restates the check, as real judges do
+    (``6 + 2 is 8, as in the reference.``), in the words the explanation of a wrong step starts
+    with (``6 + 2 is 8, not 10.``), so a critic trained on these computes before it decides."""
+    if i < len(problem.ops):
+        op, k = problem.ops[i]
+        return f"{vals[i]} {op} {k} is {vals[i + 1]}, as in the reference."
+    return f"The last step gives {vals[-1]}, and the answer states {vals[-1]}."
+
+
 def grading_entries(problem: Problem, cand: Candidate) -> list[dict[str, Any]]:
     """The SPARE judge output for ``cand``: one object per step, aligned 1:1 to the reference."""
     entries = []
+    vals = problem.values()
     for i, step in enumerate(cand.steps):
         if cand.error_step < 0 or i < cand.error_step:
-            label, etype, explanation = "CORRECT", None, "Matches the reference."
+            label, etype, explanation = "CORRECT", None, correct_explanation(problem, vals, i)
         elif i == cand.error_step:
             label, etype, explanation = "INCORRECT", cand.error_type, cand.detail
         else:

@@ -157,3 +157,17 @@ def test_error_weights_and_step_weighted_dpo():
     ones = mask.float()
     plain = L.step_weighted_dpo_loss(pc, pr, ref, ref, ones, ones, beta=0.1)[0]
     assert plain.item() == pytest.approx(L.dpo_loss(T([-2.0]), T([-4.0]), T([0.0]), T([0.0]), 0.1)[0].item())
+
+
+def test_focal_sft_loss_weights_tokens_by_how_badly_they_are_predicted():
+    """gamma 0 is plain cross-entropy; gamma > 0 leaves a sure token (p ~ 1) almost no weight and a
+    doubtful one (p = 0.5) (1 - 0.5)^gamma of its loss, and the weight passes no gradient."""
+    logps = torch.log(torch.tensor([[0.999, 0.5, 0.25]])).requires_grad_()
+    mask = torch.ones(1, 3)
+    plain = L.sft_loss(logps, mask)
+    assert torch.allclose(plain, L.sft_loss(logps, mask, 0.0))
+    focal = L.sft_loss(logps, mask, 2.0)
+    want = -(logps.detach() * torch.tensor([0.001**2, 0.25, 0.5625])).sum() / 3
+    assert torch.allclose(focal, want, atol=1e-7)
+    focal.backward()
+    assert torch.allclose(logps.grad, -torch.tensor([[0.001**2, 0.25, 0.5625]]) / 3, atol=1e-7)

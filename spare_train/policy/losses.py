@@ -133,9 +133,17 @@ def label_weights(
 
 
 # ------------------------------------------------------------------------------ supervised
-def sft_loss(token_logps: Tensor, mask: Tensor) -> Tensor:
+def sft_loss(token_logps: Tensor, mask: Tensor, focal_gamma: float = 0.0) -> Tensor:
     """Token cross-entropy averaged over all masked tokens of the batch (SFT, and RFT on filtered
-    candidates: https://arxiv.org/abs/2308.01825). Scalar."""
+    candidates: https://arxiv.org/abs/2308.01825). Scalar.
+
+    ``focal_gamma > 0`` weights each token by ``(1 - p)^gamma`` (focal loss, Lin et al. 2017,
+    https://arxiv.org/abs/1708.02002; ``p`` its probability, the weight not differentiated): tokens
+    the model already predicts stop drowning the few it does not, such as a critic's verdicts among
+    the words of its critique. The sum is still divided by the number of tokens."""
+    if focal_gamma:
+        weights = (1 - token_logps.detach().exp()).clamp(min=0) ** focal_gamma
+        return -(token_logps * weights * mask).sum() / mask.sum().clamp(min=1)
     return -(token_logps * mask).sum() / mask.sum().clamp(min=1)
 
 

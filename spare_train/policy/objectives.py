@@ -121,14 +121,25 @@ def _pair_metrics(x: Inputs, rc: Tensor, rr: Tensor) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------ supervised
 class SFT(Objective):
-    """Token cross-entropy on the kept candidates (or on the chosen rows of pairs)."""
+    """Token cross-entropy on the kept candidates (or on the chosen rows of pairs).
+
+    Args:
+        focal_gamma: weight each token by ``(1 - p)^focal_gamma`` (0: plain cross-entropy; see
+            :func:`spare_train.policy.losses.sft_loss`). The tiny critic uses 2.
+    """
 
     name, view = "sft", "filtered"
+
+    def __init__(self, focal_gamma: float = 0.0):
+        super().__init__()
+        if focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
+        self.focal_gamma = focal_gamma
 
     def forward(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
         mask, n = x.batch["loss_mask"], x.batch["num_completions"]
         B = mask.shape[0] // n
-        loss = F_.sft_loss(x.logps[:B], mask[:B])
+        loss = F_.sft_loss(x.logps[:B], mask[:B], self.focal_gamma)
         return loss, {"logps": F_.sequence_logps(x.logps[:B].detach(), mask[:B]).mean()}
 
 
