@@ -209,7 +209,7 @@ def test_fit_and_export_commands_write_a_critic_and_a_refiner(data_file, tmp_pat
         assert cli(args) == 0
         (ckpt,) = run.rglob("last.ckpt")
         state = critique_state(load_checkpoint(ckpt))
-        assert state["mode"] == mode and state["template"] == TEMPLATE.__dict__
+        assert state["mode"] == mode and state["template"] == {**TEMPLATE.__dict__, "quote_steps": True}  # as the recipe says
         assert cli(["export", str(ckpt), str(tmp_path / f"{mode}-out")]) == 0
         info = json.loads((tmp_path / f"{mode}-out" / INFO_NAME).read_text())
         assert info["mode"] == mode and not info["adapter"]
