@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -145,6 +146,21 @@ def test_requeue_callback_outside_slurm_saves_stops_and_resumes(tmp_path, monkey
     assert not (run / "hpc_ckpt_2.ckpt").exists()
 
 
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_leaves_the_processs_sigterm_handler_as_it_found_it(tmp_path):
+    """SaveOnSigterm ends the run with an exception, after which Lightning restores the handlers
+    it found when the run started and no callback teardown runs: the flag-only handler must not
+    be what it found, or the process (a notebook, this test) could no longer be stopped by SIGTERM."""
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["fit", "--config", RECIPE, "--trainer.max_steps=4", "--trainer.limit_val_batches=0",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=slurm_pause.SignalSelfAt", "--trainer.callbacks.step=2",
+            "--trainer.callbacks.signal=SIGTERM"]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
 
 @pytest.mark.slow
 def test_requeue_signal_between_accumulated_batches_waits_for_the_optimizer_step(tmp_path, monkeypatch):
@@ -169,6 +185,7 @@ def test_requeue_signal_between_accumulated_batches_waits_for_the_optimizer_step
     assert got["global_step"] == want["global_step"] == 4
     diff = max(float((got["state_dict"][k] - want["state_dict"][k]).abs().max()) for k in want["state_dict"])
     assert diff <= 1e-6, diff
+
 
 # ---- against a real one-node SLURM cluster --------------------------------------------------------------
 @pytest.fixture(scope="module")

@@ -93,7 +93,6 @@ def test_labels_agree_with_the_planted_error(rows):
             assert g.get("error_type") == expected
 
 
-
 def test_a_correct_steps_explanation_restates_its_check_in_the_words_a_wrong_one_starts_with():
     """Correct steps used to say only 'Matches the reference.': a critic trained on that decides at
     the explanation's first word, before checking anything. Now both explanations share the check

@@ -5,9 +5,9 @@ checkpoint does not hold), or while another rank is inside a collective. Saving 
 handler, as Lightning's SLURM handler does, starts collectives at a different point on each rank.
 :class:`StepBoundarySignal` is the one mechanism both preemption callbacks use:
 
-1. its handler only raises a flag (installed in ``setup`` so that Lightning leaves that signal
-   alone where it only registers a handler when none is set, and again when training starts, over
-   the handler Lightning composes for SIGTERM whatever was set);
+1. its handler only raises a flag (installed when training starts, over the handler Lightning
+   composes for SIGTERM; for other signals already in ``setup``, which keeps Lightning's own
+   handler off them, since it only registers one where none is set);
 2. at the end of each optimizer step (never between accumulated micro-batches) the ranks agree,
    with one all-reduce of a bool, whether any of them got the signal;
 3. if so, every rank calls :meth:`~StepBoundarySignal.act` together.
@@ -80,7 +80,11 @@ class StepBoundarySignal(Callback):
             self._previous, self._installed = previous, True
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit":
+        # Lightning registers its handler for a signal other than SIGTERM only where none is set
+        # (its SLURM handler saves inside the handler): installing first keeps it off. SIGTERM it
+        # composes with whatever is set and, after a failed run, restores what it found: installing
+        # ours before it would leave the flag-only handler in place after the run.
+        if stage == "fit" and self.signum != signal.SIGTERM:
             self._install()
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
