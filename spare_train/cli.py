@@ -128,6 +128,15 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
             if data.get("format") is not None:
                 check_reader(data["format"], data.get("reader_options"), "--data.init_args.format")
 
+        def instantiate_classes(self) -> None:
+            """As Lightning's, but a constructor's ``ValueError`` (our modules check their
+            arguments that way: ``objective=nope``, ``focal_gamma=-1``) ends the command with its
+            own message, not jsonargparse's dump of every union member it tried."""
+            try:
+                super().instantiate_classes()
+            except ValueError as err:
+                raise invalid_option(err) from err
+
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
             named = [*(config.get("callbacks") or []), *callbacks]
             if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in named):
@@ -276,6 +285,17 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     except FileNotFoundError as err:  # an unknown bundled: root
         raise DataError("missing_config", str(err), "--config") from None
     return out
+
+
+def invalid_option(err: ValueError) -> DataError:
+    """The ``ValueError`` a constructor raised, under the wrapping jsonargparse adds while it
+    instantiates a recipe's classes, as a :class:`DataError` (one ``error:`` line in :func:`main`)."""
+    root: BaseException = err
+    while isinstance(root.__cause__, ValueError):
+        root = root.__cause__
+    if isinstance(root, DataError):
+        return root
+    return DataError("invalid_option", str(root))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -4,6 +4,9 @@ never a traceback (issue 10, item 4). Every case runs through the command as a u
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,22 @@ def test_data_errors_keep_their_location(tmp_path, capsys):
     assert main(["data", "convert", "--format", "stepwise", "--input", str(bad), "--output",
                  str(tmp_path / "o.jsonl"), "--strict"]) == 1  # fmt: skip
     one_error_line(capsys, f"{bad}:2", "invalid_json")
+
+
+
+@pytest.mark.parametrize("option, words", [
+    ("--model.init_args.objective=nope", ["unknown objective 'nope'", "sft"]),
+    ("--model.init_args.objective.init_args.focal_gamma=-1", ["focal_gamma must be >= 0"]),
+])  # fmt: skip
+def test_a_value_a_constructor_rejects_is_one_error_line(option, words, tmp_path):
+    """Checked when the recipe's classes are built, not when it is parsed: jsonargparse used to
+    print every union member it tried, with tracebacks. (A subprocess: Lightning's logger keeps
+    the stream of the first test that ran it.)"""
+    args = ["fit", "--config", str(ROOT / "recipes" / "critique" / "tiny.yaml"), option,
+            "--trainer.max_steps=1", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-m", "spare_train.cli", *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.endswith("Seed set to 0")]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: invalid_option: ") and all(w in lines[0] for w in words), lines[0]
