@@ -178,7 +178,7 @@ def plant_error(
             if i == e and kind == "copy":
                 a = _offset(rng, value, max_error_offset)
                 src = "the start number" if i == 0 else "the previous result"
-                detail = f"Uses {a}, but {src} is {value}."
+                detail = f"Incorrectly uses {a}: {src} is {value}."
             elif i == e and kind == "misread":
                 if rng.random() < 0.5:
                     use_op = rng.choice([o for o in "+-*" if o != op])
@@ -190,14 +190,14 @@ def plant_error(
                         break
                     use_k = rng.choice(others)
                 detail = (
-                    f"The question says to {_PHRASES[op].format(k=k)}, "
+                    f"Incorrectly reads the question: it says to {_PHRASES[op].format(k=k)}, "
                     f"but the step does {a} {use_op} {use_k}."
                 )
             r = _APPLY[use_op](a, use_k)
             if i == e and kind == "calculation":
                 right = r
                 r = _offset(rng, r, max_error_offset)
-                detail = f"{a} {op} {k} is {right}, not {r}."
+                detail = f"Incorrectly computes {a} {op} {k}: it is {right}, not {r}."
             if i == e and r == correct[i + 1]:
                 break  # the slip happened to give the right value: not an error
             if not 0 <= r <= 999:
@@ -208,7 +208,7 @@ def plant_error(
             final = value
             if e == n:
                 final = _offset(rng, value, max_error_offset)
-                detail = f"The last step gives {value}, but the answer states {final}."
+                detail = f"Incorrectly states {final}: the last result is {value}."
             if final > 999:
                 continue
             steps.append(_final(final))
@@ -218,13 +218,14 @@ def plant_error(
 
 
 def correct_explanation(problem: Problem, vals: list[int], i: int) -> str:
-    """What the judge writes for correct step ``i``: it restates the check, as real judges do
-    (``6 + 2 is 8, as in the reference.``), in the words the explanation of a wrong step starts
-    with (``6 + 2 is 8, not 10.``), so a critic trained on these computes before it decides."""
+    """What the judge writes for correct step ``i``: its judgement first, then the check, as LLM
+    judges phrase it (``Correctly computes 6 + 2 = 8.`` against a wrong step's ``Incorrectly
+    computes 6 + 2: it is 8, not 10.``). The judgement then sits right after
+    the step a critic quotes, where a PRM scores it (see docs/critique.md)."""
     if i < len(problem.ops):
         op, k = problem.ops[i]
-        return f"{vals[i]} {op} {k} is {vals[i + 1]}, as in the reference."
-    return f"The last step gives {vals[-1]}, and the answer states {vals[-1]}."
+        return f"Correctly computes {vals[i]} {op} {k} = {vals[i + 1]}."
+    return f"Correctly states {vals[-1]}, the last result."
 
 
 def grading_entries(problem: Problem, cand: Candidate) -> list[dict[str, Any]]:

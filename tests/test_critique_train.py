@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,8 @@ from spare_train.critique.generate import INFO_NAME, Critic, load_critic, verdic
 from spare_train.formats import read_records
 from spare_train.policy import PolicyModule
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
@@ -29,6 +32,38 @@ def data_file(tmp_path_factory):
     cfg = synth.SynthConfig(num_questions=3, seed=5, candidates_per_question=2, max_ops=2, error_rate=0.7)
     synth.write_jsonl(synth.generate(cfg), path)
     return str(path)
+
+
+def verdict_pattern_share(dm, batches: int = 60) -> float:
+    """Mean share of a training batch taken by its most common verdict pattern."""
+    from collections import Counter
+
+    shares = []
+    for i, batch in enumerate(dm.train_dataloader()):
+        if i == batches:
+            break
+        rows = [tuple(r) for r in batch["step_labels"].tolist()]
+        shares.append(Counter(rows).most_common(1)[0][1] / len(rows))
+    return sum(shares) / len(shares)
+
+
+def test_critic_batches_mix_verdicts_through_the_recipe_and_by_default(tmp_path, monkeypatch):
+    """A critique's length follows its verdicts, so length-grouped batches held candidates with the
+    same verdicts (91 % of a batch on the bundled data) and the tiny critic fitted them by step
+    position, never learning to check a step. The recipe and the module's default shuffle."""
+    from spare_train.cli import lightning_cli
+
+    monkeypatch.chdir(tmp_path)
+    made = lightning_cli(["--config", str(ROOT / "recipes" / "critique" / "tiny.yaml")], run=False)
+    made.datamodule.setup("fit")
+    assert verdict_pattern_share(made.datamodule) < 0.4
+    kwargs = dict(train=str(ROOT / "data" / "synth" / "train.jsonl"), quote_steps=True, max_length=512, batch_size=16)
+    default = CritiqueDataModule(**kwargs)
+    default.setup("fit")
+    assert verdict_pattern_share(default) < 0.4
+    grouped = CritiqueDataModule(**kwargs, group_by_length=True)  # what both did before
+    grouped.setup("fit")
+    assert verdict_pattern_share(grouped) > 0.8
 
 
 def test_critique_examples_put_the_loss_on_the_critique_only(data_file):

@@ -93,27 +93,31 @@ def test_labels_agree_with_the_planted_error(rows):
             assert g.get("error_type") == expected
 
 
-def test_a_correct_steps_explanation_restates_its_check_in_the_words_a_wrong_one_starts_with():
-    """Correct steps used to say only 'Matches the reference.': a critic trained on that decides at
-    the explanation's first word, before checking anything. Now both explanations share the check
-    ('a op k is r' / 'The last step gives v') and differ only after it."""
-    rows = gen(200, seed=3, error_types=["calculation"])
-    pairs = Counter()
+def test_an_explanation_states_its_judgement_first_then_the_check():
+    """A critic that quotes a step writes the judgement right after it, where a PRM scores the
+    step (docs/critique.md): ``Correctly computes a op k = r.`` against ``Incorrectly computes
+    a op k: it is x, not r.``; the final step ``Correctly states v, the last result.`` against
+    ``Incorrectly states w: the last result is v.``"""
+    rows = gen(300, seed=3)
+    seen = Counter()
     for row in rows:
         steps = [s.split("] ", 1)[1] for s in row["grade_ans"].split("\n") if s.startswith("[")]
-        for step, g in zip(steps, json_repair.loads(row["grading"]), strict=True):
-            e = g["explanation"]
+        grading = json_repair.loads(row["grading"])
+        for i, (step, g) in enumerate(zip(steps, grading, strict=True)):
+            e, m, f = g["explanation"], STEP.match(step), FINAL.match(step)
+            previous = STEP.match(steps[i - 1]) if i else None
             if g["label"] == "CORRECT":
-                m = STEP.match(step)
-                want = (f"{m.group(1)} {m.group(2)} {m.group(3)} is {m.group(4)}, as in the reference." if m else
-                        f"The last step gives {FINAL.match(step).group(1)}, and the answer states {FINAL.match(step).group(1)}.")  # fmt: skip
+                want = (f"Correctly computes {m.group(1)} {m.group(2)} {m.group(3)} = {m.group(4)}."
+                        if m else f"Correctly states {f.group(1)}, the last result.")  # fmt: skip
                 assert e == want
-                pairs["correct"] += 1
+                seen["correct"] += 1
             elif g.get("error_type") == "calculation":
-                m = STEP.match(step)
-                assert re.fullmatch(rf"{m.group(1)} {re.escape(m.group(2))} {m.group(3)} is \d+, not {m.group(4)}\.", e)
-                pairs["wrong"] += 1
-    assert pairs["correct"] > 100 and pairs["wrong"] > 50
+                assert re.fullmatch(rf"Incorrectly computes {m.group(1)} {re.escape(m.group(2))} {m.group(3)}: it is \d+, not {m.group(4)}\.", e)
+                seen["wrong"] += 1
+            elif g.get("error_type") == "copy" and f:  # an error in the final step
+                assert e == f"Incorrectly states {f.group(1)}: the last result is {previous.group(4)}."
+                seen["final"] += 1
+    assert seen["correct"] > 100 and seen["wrong"] > 50 and seen["final"] > 5
 
 
 def test_em_and_extracted_follow_the_final_answer(rows):

@@ -41,6 +41,10 @@ class CritiqueDataModule(PolicyDataModule):
             ``candidate`` of the same question.
         quote_steps: the critique repeats each step before its explanation (see
             :class:`~spare_train.critique.template.CritiqueTemplate`).
+        group_by_length: batch critiques of similar length. Off by default: a critique's length
+            follows its verdicts (an explanation per verdict), so length-sorted batches each hold
+            candidates with the same verdicts (91 % of a batch of 16 on the bundled data, against
+            22 % shuffled), and a critic fits them by step position instead of checking the steps.
         max_length: tokens per prompt + target.
         batch_size: examples per batch.
     """
@@ -51,13 +55,15 @@ class CritiqueDataModule(PolicyDataModule):
         unlabeled: Unlabeled = "reject",
         refine_target: RefineTarget = "reference",
         quote_steps: bool = False,
+        group_by_length: bool = False,
         max_length: int = 1024,
         batch_size: int = 4,
         **kwargs: Any,
     ):
         if kwargs.pop("view", None) not in (None, "filtered"):
             raise ValueError("CritiqueDataModule's view is always 'filtered' (one completion per example)")
-        super().__init__(view="filtered", max_length=max_length, batch_size=batch_size, **kwargs)
+        super().__init__(view="filtered", max_length=max_length, batch_size=batch_size,
+                         group_by_length=group_by_length, **kwargs)  # fmt: skip
         self.template = CritiqueTemplate(quote_steps=quote_steps)
         # one completion per example, as the policy module's SFT expects; set explicitly, since
         # under LightningCLI the hyper-parameters are this class's arguments only

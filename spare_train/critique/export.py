@@ -25,7 +25,7 @@ EXAMPLE = {
     "instruction": "Solve the problem step by step.",
     "question": "Tom has 3 boxes of 4 apples and eats 2 apples. How many apples are left?",
     "steps": ["3 * 4 = 12", "12 - 2 = 9", "The answer is 9."],
-    "critique": [("3 * 4 is 12, as in the reference.", True), ("12 - 2 is 10, not 9.", False), ("Carries the earlier error.", False)],
+    "critique": [("Correctly computes 3 * 4 = 12.", True), ("Incorrectly computes 12 - 2: it is 10, not 9.", False), ("Carries the earlier error.", False)],
 }
 
 

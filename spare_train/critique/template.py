@@ -6,8 +6,8 @@ prompted exactly as it was trained and its output is read by the rules that wrot
 
 A critique of an ``n``-step solution is ``n`` lines and a closing line::
 
-    Step 1: 5 + 2 is 7, as in the reference. Verdict: correct.
-    Step 2: 7 + 2 is 9, not 11. Verdict: incorrect.
+    Step 1: Correctly computes 5 + 2 = 7. Verdict: correct.
+    Step 2: Incorrectly computes 7 + 2: it is 9, not 11. Verdict: incorrect.
     Step 3: Carries the earlier error. Verdict: incorrect.
     Conclusion: the first incorrect step is step 2.
 

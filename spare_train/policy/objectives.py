@@ -125,7 +125,7 @@ class SFT(Objective):
 
     Args:
         focal_gamma: weight each token by ``(1 - p)^focal_gamma`` (0: plain cross-entropy; see
-            :func:`spare_train.policy.losses.sft_loss`). The tiny critic uses 2.
+            :func:`spare_train.policy.losses.sft_loss`).
     """
 
     name, view = "sft", "filtered"
