@@ -220,8 +220,8 @@ def plant_error(
 def correct_explanation(problem: Problem, vals: list[int], i: int) -> str:
     """What the judge writes for correct step ``i``: its judgement first, then the check, as LLM
     judges phrase it (``Correctly computes 6 + 2 = 8.`` against a wrong step's ``Incorrectly
-    computes 6 + 2: it is 8, not 10.``). The judgement then sits right after
-    the step a critic quotes, where a PRM scores it (see docs/critique.md)."""
+    computes 6 + 2: it is 8, not 10.``). The judgement then sits right after the step a critic
+    quotes, where a PRM scores it (see docs/critique.md)."""
     if i < len(problem.ops):
         op, k = problem.ops[i]
         return f"Correctly computes {vals[i]} {op} {k} = {vals[i + 1]}."

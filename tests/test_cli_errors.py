@@ -121,7 +121,6 @@ def test_data_errors_keep_their_location(tmp_path, capsys):
     one_error_line(capsys, f"{bad}:2", "invalid_json")
 
 
-
 @pytest.mark.parametrize("option, words", [
     ("--model.init_args.objective=nope", ["unknown objective 'nope'", "sft"]),
     ("--model.init_args.objective=SFT --model.init_args.objective.init_args.focal_gamma=-1", ["focal_gamma must be >= 0"]),
